@@ -1,0 +1,35 @@
+"""DuckDB connections with the loader's Extended-JSON macros (loader/sql/bson.sql)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+
+BSON_MACROS = files("loader").joinpath("sql/bson.sql").read_text(encoding="utf-8")
+
+
+def connect(spill_dir: Path | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the session zone at UTC (C7) and the BSON macros loaded."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if spill_dir is not None:
+        con.execute("SET temp_directory = ?", [str(spill_dir)])
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    con.execute(BSON_MACROS)
+    return con
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal (for identifiers of files and tables composed into DuckDB SQL)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parquet_source(paths: list[Path]) -> str:
+    return "read_parquet([" + ", ".join(sql_literal(str(p)) for p in paths) + "])"
