@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from loader.strategies import DELETE_INSERT, ENTITY, MOMENTS, STRATEGIES, Strategy, strategy_for
+from loader.strategies import DELETE_INSERT, KEYED, MOMENTS, STRATEGIES, Strategy, strategy_for
 
 
 class ConfigError(Exception):
@@ -266,8 +266,8 @@ def _resolve_table(path: Path, key: str, raw: object, position: int) -> Table:
         if missing or not constraint:
             raise ConfigError(f"{where}, key 'unique_constraints': unknown column(s) {missing or constraint}")
 
-    strategy = strategy_for(spec.import_strategy)
-    if strategy is ENTITY and not spec.include_base and not unique:
+    strategy = strategy_for(spec.import_strategy, spec.include_base)
+    if strategy is KEYED and not unique:
         raise ConfigError(f"{where}: a table without include_base or import_strategy needs unique_constraints (its upsert key)")
     return Table(
         key=key,

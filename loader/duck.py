@@ -13,13 +13,18 @@ BSON_MACROS = files("loader").joinpath("sql/bson.sql").read_text(encoding="utf-8
 def connect(spill_dir: Path | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the session zone at UTC (C7) and the BSON macros loaded."""
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    run(con, "SET TimeZone = 'UTC'")
     if spill_dir is not None:
-        con.execute("SET temp_directory = ?", [str(spill_dir)])
+        run(con, f"SET temp_directory = {sql_literal(str(spill_dir))}")
     if memory_limit:
-        con.execute("SET memory_limit = ?", [memory_limit])
-    con.execute(BSON_MACROS)
+        run(con, f"SET memory_limit = {sql_literal(memory_limit)}")
+    run(con, BSON_MACROS)
     return con
+
+
+def run(con: duckdb.DuckDBPyConnection, statement: str) -> None:
+    """Execute a statement to completion (DuckDB keeps a result pending until it is consumed)."""
+    con.execute(statement).fetchall()
 
 
 def sql_literal(value: str) -> str:

@@ -32,8 +32,10 @@ class Strategy:
 # Event documents carry their sub-type in `__t`, else `kind` (MAPPING.md C9).
 DISCRIMINATOR_FIELDS = ("__t", "kind")
 
-# Tables without `import_strategy`: entity tables (include_base) are upserted by id.
+# Tables without `import_strategy`: entity tables (include_base) are upserted by id, the
+# others by their first unique constraint with the "latest timestamps" merge (MAPPING.md 5.5).
 ENTITY = Strategy("entity", UPSERT_ID, sql="entity.sql")
+KEYED = Strategy("keyed", UPSERT_KEY)
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -91,5 +93,7 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def strategy_for(import_strategy: str | None) -> Strategy:
-    return ENTITY if import_strategy is None else STRATEGIES[import_strategy]
+def strategy_for(import_strategy: str | None, include_base: bool) -> Strategy:
+    if import_strategy is not None:
+        return STRATEGIES[import_strategy]
+    return ENTITY if include_base else KEYED

@@ -1,0 +1,56 @@
+"""CREATE TABLE statements from the config (MAPPING.md C13): created if absent, never dropped.
+
+Identifiers are always quoted, so reserved words and odd names work; SQL types are the config's
+verbatim types (validated by loader.config).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from loader.config import Config, Table
+
+
+def create_table_sql(table: Table, schema: str) -> sql.Composed:
+    definitions: list[sql.Composable] = []
+    for column in table.columns:
+        parts = [sql.Identifier(column.name), sql.SQL(column.sql_type)]
+        if column.primary_key:
+            parts.append(sql.SQL("PRIMARY KEY"))
+        elif not column.nullable:
+            parts.append(sql.SQL("NOT NULL"))
+        definitions.append(sql.SQL(" ").join(parts))
+    for column in table.foreign_keys:
+        definitions.append(
+            sql.SQL("FOREIGN KEY ({}) REFERENCES {}.{} ({})").format(
+                sql.Identifier(column.name),
+                sql.Identifier(schema),
+                sql.Identifier(column.foreign_key.table),
+                sql.Identifier(column.foreign_key.column),
+            )
+        )
+    for constraint in table.unique_constraints:
+        definitions.append(sql.SQL("UNIQUE ({})").format(sql.SQL(", ").join(map(sql.Identifier, constraint))))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (\n    {}\n)").format(
+        sql.Identifier(schema), sql.Identifier(table.name), sql.SQL(",\n    ").join(definitions)
+    )
+
+
+def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str) -> list[str]:
+    """Create the schema and every missing table, parents first, in one transaction."""
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        present = existing_tables(conn, schema)
+        created = [t.name for t in config.ordered() if t.name not in present]
+        for table in config.ordered():
+            if table.name in created:
+                conn.execute(create_table_sql(table, schema))
+    return created

@@ -1,0 +1,5 @@
+-- Plain entity tables (UPSERT-ID, MAPPING.md 3.x): one row per document of the table's collection.
+-- Output contract of every strategy file: _source_id, _source_collection, d (the document as JSON,
+-- from which the generic typing step reads each column's mapped field, then its fallbacks).
+SELECT _id AS _source_id, {collection} AS _source_collection, CAST(doc AS JSON) AS d
+FROM {src}

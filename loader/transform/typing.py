@@ -1,0 +1,149 @@
+"""SQL that turns a strategy's documents into typed, checked rows of one table.
+
+For every column: the raw JSON value (mapped field, then fallbacks: C3, C4), the converted value
+(C5-C8, macros of loader/sql/bson.sql), the reject reason of the value (C6, C10) and a warning
+(`bad_reference`, C5). A row's `_problem` is its first rejected column, in column order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from loader.config import Column, Table
+from loader.duck import sql_identifier as q
+from loader.duck import sql_literal
+
+INTEGER_RANGES = {
+    "SMALLINT": (-32768, 32767),
+    "INTEGER": (-(2**31), 2**31 - 1),
+    "INT": (-(2**31), 2**31 - 1),
+    "BIGINT": (-(2**63), 2**63 - 1),
+}
+TEXT_TYPES = {"VARCHAR", "TEXT", "CHAR", "CHARACTER", "CHARACTER VARYING"}
+NUMBER_TYPES = {"NUMERIC", "DECIMAL", "REAL", "DOUBLE PRECISION", "FLOAT"}
+# Columns the database generates; they are never read from the source.
+GENERATED_TYPES = {"SERIAL", "BIGSERIAL", "SMALLSERIAL"}
+
+
+class TransformError(Exception):
+    """A table cannot be transformed (unsupported type, missing parent...)."""
+
+
+@dataclass(frozen=True)
+class ColumnSql:
+    value: str  # converted value, NULL when it does not convert
+    error: str  # reject reason or NULL; may use v (value) and r (raw)
+    final: str  # the value in its output type
+    warning: str = "NULL"
+
+
+def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
+    """Conversion and checks of one column, as SQL over `r` (raw JSON) and `v` (converted)."""
+    base = column.base_type
+    present_but_lost = "bson_present(r) AND v IS NULL"
+    not_null = "NULL" if column.nullable else f"CASE WHEN v IS NULL THEN {sql_literal('not_null:' + column.name)} END"
+
+    if column.is_reference:
+        return ColumnSql(
+            value="bson_ref(r, '_id')",
+            error=not_null,
+            final="v",
+            warning=f"CASE WHEN {present_but_lost} THEN 'bad_reference' END",
+        )
+    if base in TEXT_TYPES:
+        too_long = f"WHEN length(v) > {column.length} THEN 'value_too_long'" if column.length else ""
+        return ColumnSql(
+            value="bson_to_text(r)",
+            # PostgreSQL text cannot hold NUL characters.
+            error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN strpos(v, chr(0)) > 0 THEN 'nul_character' {too_long} ELSE {not_null} END",
+            final="v",
+        )
+    if base in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[base]
+        return ColumnSql(
+            value="bson_to_integer(r)",
+            error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN v NOT BETWEEN {low} AND {high} THEN 'out_of_range' ELSE {not_null} END",
+            final=f"CASE WHEN v BETWEEN {low} AND {high} THEN CAST(v AS {'INTEGER' if base == 'INT' else base}) END",
+        )
+    simple = {
+        "BOOLEAN": ("bson_to_boolean(r)", "BOOLEAN"),
+        "BOOL": ("bson_to_boolean(r)", "BOOLEAN"),
+        "TIMESTAMP": ("bson_to_timestamp(r)", "TIMESTAMP"),
+        "DATE": (f"bson_to_date(r, {sql_literal(timezone)})", "DATE"),
+        **{t: ("bson_to_number(r)", "DOUBLE") for t in NUMBER_TYPES},
+    }
+    if base in simple:
+        value, _ = simple[base]
+        return ColumnSql(
+            value=value,
+            error=f"CASE WHEN {present_but_lost} THEN 'type_error' ELSE {not_null} END",
+            final="v",
+        )
+    raise TransformError(f"table '{table.name}', column '{column.name}': unsupported sql_type {column.sql_type!r}")
+
+
+def source_columns(table: Table) -> list[Column]:
+    """Columns read from the documents (generated columns excluded)."""
+    return [c for c in table.columns if c.base_type not in GENERATED_TYPES]
+
+
+def typed_rows_sql(table: Table, documents: str, timezone: str) -> str:
+    """Typed columns plus `_problem` (first reject) and `_warnings`, from a strategy's documents."""
+    columns = source_columns(table)
+    paths = sorted({field for c in columns for field in c.sources})
+    index = {field: i + 1 for i, field in enumerate(paths)}
+    path_list = "[" + ", ".join(sql_literal(f'$."{field}"') for field in paths) + "]"
+
+    def raw(c: Column) -> str:
+        reads = [f"bson_nn(f[{index[field]}])" for field in c.sources]
+        return reads[0] if len(reads) == 1 else f"coalesce({', '.join(reads)})"
+
+    parts = {c.name: column_sql(table, c, timezone) for c in columns}
+
+    def on(c: Column, template: str) -> str:
+        # Substitute this column's raw/converted value for r and v in a template.
+        return _substitute(template, r=q("r_" + c.name), v=q("v_" + c.name))
+
+    raw_cols = ", ".join(f"{raw(c)} AS {q('r_' + c.name)}" for c in columns)
+    value_cols = ", ".join(f"{on(c, parts[c.name].value)} AS {q('v_' + c.name)}" for c in columns)
+    check_cols = ", ".join(
+        f"{on(c, parts[c.name].error)} AS {q('e_' + c.name)}, {on(c, parts[c.name].warning)} AS {q('w_' + c.name)}"
+        for c in columns
+    )
+    final_cols = ", ".join(f"{on(c, parts[c.name].final)} AS {q(c.name)}" for c in columns)
+    problems = _first_issue(columns, "e_")
+    warnings = _issue_list(columns, "w_")
+    return f"""
+WITH docs AS ({documents}),
+raw AS (
+    SELECT _source_id, _source_collection, {raw_cols}
+    FROM (SELECT *, json_extract(d, {path_list}) AS f FROM docs)
+),
+converted AS (SELECT *, {value_cols} FROM raw),
+checked AS (SELECT *, {check_cols} FROM converted)
+SELECT _source_id, _source_collection, {final_cols},
+       {problems} AS _problem,
+       {warnings} AS _warnings
+FROM checked"""
+
+
+def _issue_struct(c: Column, prefix: str) -> str:
+    return (
+        f"{{'column': {sql_literal(c.name)}, 'reason': {q(prefix + c.name)}, "
+        f"'value': left(CAST({q('r_' + c.name)} AS VARCHAR), 200)}}"
+    )
+
+
+def _issue_list(columns: list[Column], prefix: str) -> str:
+    items = ", ".join(_issue_struct(c, prefix) for c in columns)
+    return f"list_filter([{items}], lambda x: x.reason IS NOT NULL)"
+
+
+def _first_issue(columns: list[Column], prefix: str) -> str:
+    return f"{_issue_list(columns, prefix)}[1]"
+
+
+def _substitute(template: str, r: str, v: str) -> str:
+    """Replace the whole-word placeholders r and v of a column template."""
+    return re.sub(r"\b([rv])\b", lambda m: r if m.group(1) == "r" else v, template)
