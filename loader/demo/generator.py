@@ -18,7 +18,7 @@ import random
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -175,12 +175,11 @@ _TARGETS = (
     "Diabète de type 2", "Hypertension", "Végétarien 🌱", "Sans gluten", "Grossesse",
     "Sport & nutrition", "Cholestérol",
 )
-_CONTENTS = (
-    ("Bien lire les étiquettes", "ARTICLE"), ("Les protéines végétales 🌱", "VIDEO"),
-    ("Manger en pleine conscience", "PODCAST"), ("L'assiette idéale", "INFOGRAPHY"),
-    ("5 recettes express", "VIDEO"), ("Le sucre caché", "ARTICLE"), ("睡眠と食事", "DOCUMENT"),
-    ("Préparer ses repas à l'avance", "ARTICLE"),
+_CONTENT_NAMES = (
+    "Bien lire les étiquettes", "Les protéines végétales 🌱", "Manger en pleine conscience",
+    "L'assiette idéale", "5 recettes express", "Le sucre caché", "睡眠と食事",
 )
+_CONTENT_TYPES = ("ARTICLE", "VIDEO", "PODCAST", "INFOGRAPHY", "DOCUMENT")
 _EVENT_NAMES = {
     MENU: "Menu de la semaine",
     WEBINAR: "Webinar : l'alimentation anti-stress",
@@ -206,7 +205,8 @@ _PERIOD_STATUSES = ("finished", "active", "pending")
 # ----------------------------------------------------------------------------- rates
 
 # Reference shapes of C5. Keyed fields (arrays with a table-specific key) also get {key: oid}.
-_SHAPES = (("embedded", 0.01), ("hex", 0.006), ("HEX", 0.002))
+_SHAPES_TEXT = (("hex", 0.006), ("HEX", 0.002))
+_SHAPES = (("embedded", 0.01),) + _SHAPES_TEXT
 _SHAPES_KEYED = (("embedded_key", 0.008),) + _SHAPES
 # The only fields that ever hold a bad (unresolvable) reference, one document each: a handful in
 # total, and never in the fields that link logbooks together.
@@ -282,17 +282,17 @@ class _Quirks:
         if pending is None:
             pending = self._pending[name] = [label for label, _ in variants]
         draw = self._rng.random()
+        chosen: str | None = None
         for label, rate in variants:
             if draw < rate:
+                chosen = label
                 break
             draw -= rate
-        else:
-            if not pending or seen < _FORCE_FROM:
-                return None
-            label = pending[0]
-        if label in pending:
-            pending.remove(label)
-        return label
+        if pending and seen >= _FORCE_FROM and chosen not in pending:
+            chosen = pending[0]
+        if chosen in pending:
+            pending.remove(chosen)
+        return chosen
 
     def hit(self, name: str, rate: float) -> bool:
         return self.pick(name, ((name, rate),)) is not None
@@ -321,7 +321,7 @@ class _Template:
     id: ObjectId
     name: str
     type: str
-    questions: list[_TemplateQuestion] = field(default_factory=list)
+    questions: list[_TemplateQuestion]
 
 
 # ----------------------------------------------------------------------------- generator
@@ -332,8 +332,18 @@ class _Generator:
         self.rng = random.Random(seed)
         self.quirks = _Quirks(self.rng)
         self.data: dict[str, list[dict]] = {name: [] for name in COLLECTIONS}
-        self.count = 0
-        self.emails = 0
+        self.count = 0  # documents generated so far
+        self.emails = 0  # makes every email unique
+        # Ids the later collections draw their references from (filled in `run` order).
+        self.appointment_type_ids: list[ObjectId] = []
+        self.company_ids: list[ObjectId] = []
+        self.offer_ids: list[ObjectId] = []
+        self.target_ids: list[ObjectId] = []
+        self.recipe_ids: list[ObjectId] = []
+        self.content_ids: list[ObjectId] = []
+        self.menu_events: list[dict] = []
+        self.registrable_event_ids: list[ObjectId] = []
+        self.diet_ids: list[ObjectId] = []
         self.logbook_templates: dict[str, _Template] = {}
         self.templates_by_type: dict[str, _Template] = {}
 
@@ -374,9 +384,10 @@ class _Generator:
             return created + 1 + int(self.rng.random() * max_delay)
         return created
 
-    def ref(self, field_name: str, oid: ObjectId, key: str | None = None) -> Any:
+    def ref(self, field_name: str, oid: ObjectId, key: str | None = None,
+            embedded: bool = True) -> Any:
         """A reference in one of the C5 shapes (mostly a plain ObjectId)."""
-        variants = _SHAPES_KEYED if key else _SHAPES
+        variants = (_SHAPES_KEYED if key else _SHAPES) if embedded else _SHAPES_TEXT
         if field_name in _BAD_REFERENCES:
             variants += (("bad", 0.0),)
         shape = self.quirks.pick(field_name, variants)
@@ -408,7 +419,7 @@ class _Generator:
         for i in range(self.scaled(500, 5)):
             name = self.name_variant(_INGREDIENTS, i)
             if self.quirks.hit("long_name", 0.0):  # > VARCHAR(255): value_too_long
-                name = "Ingrédient au nom interminable, " * 10
+                name = ("Ingrédient au nom interminable, " * 10).rstrip(", ")
             created, updated = self.catalogue_stamps()
             self.new("ingredients", created, updated, {
                 "name": name, "unit": self.rng.choice(_UNITS),
@@ -416,7 +427,6 @@ class _Generator:
             })
 
     def appointment_types(self) -> None:
-        self.appointment_type_ids = []
         for i, (title, minutes) in enumerate(_APPOINTMENT_TYPES):
             created, updated = self.catalogue_stamps()
             doc = self.new("appointmenttypes", created, updated,
@@ -424,7 +434,6 @@ class _Generator:
             self.appointment_type_ids.append(doc["_id"])
 
     def companies(self) -> None:
-        self.company_ids = []
         for i in range(self.scaled(100, 3)):
             created, updated = self.catalogue_stamps()
             doc = self.new("companies", created, updated, {
@@ -434,7 +443,6 @@ class _Generator:
             self.company_ids.append(doc["_id"])
 
     def offers(self) -> None:
-        self.offer_ids = []
         for i in range(self.scaled(100, 6)):
             months = self.rng.choice((1, 3, 6, 12))
             duration: Any = 30 * months
@@ -471,7 +479,6 @@ class _Generator:
                 del fields["type"]  # optional in the app, NOT NULL in the target
             created, updated = self.catalogue_stamps()
             category_ids.append(self.new("categories", created, updated, fields)["_id"])
-        self.target_ids = []
         for i in range(self.scaled(50, 12)):
             created, updated = self.catalogue_stamps()
             doc = self.new("targets", created, updated, {
@@ -481,7 +488,6 @@ class _Generator:
             self.target_ids.append(doc["_id"])
 
     def recipes(self) -> None:
-        self.recipe_ids = []
         for i in range(self.scaled(250, 6)):
             name = self.name_variant(_RECIPES, i)
             if self.quirks.hit("padded_name", 0.002):
@@ -529,22 +535,30 @@ class _Generator:
 
     def contents(self) -> None:
         """Contents; their `viewed_by` arrays are filled once the users exist."""
-        self.content_ids = []
         for i in range(self.scaled(200, 6)):
-            name, content_type = _CONTENTS[i % len(_CONTENTS)]
             created, updated = self.catalogue_stamps()
             doc = self.new("contents", created, updated, {
-                "name": self.name_variant(tuple(n for n, _ in _CONTENTS), i), "type": content_type})
+                "name": self.name_variant(_CONTENT_NAMES, i),
+                "type": _CONTENT_TYPES[i % len(_CONTENT_TYPES)]})
             self.content_ids.append(doc["_id"])
 
     def events(self) -> None:
-        self.menu_event_ids: list[ObjectId] = []
-        self.registrable_event_ids: list[ObjectId] = []
         kinds = (MENU, WEBINAR, INDIVIDUAL_CHALLENGE, COLLECTIVE_CHALLENGE)
-        for i in range(self.scaled(200, 8)):
-            kind = kinds[i] if i < len(kinds) else self.rng.choices(kinds, (4, 3, 2, 2))[0]
-            doc = self.event(kind, i)
-            (self.menu_event_ids if kind == MENU else self.registrable_event_ids).append(doc["_id"])
+        for i in range(self.scaled(200, 10)):
+            # Every kind twice first: the first of each stays clean, the second may be quirky.
+            if i < 2 * len(kinds):
+                kind = kinds[i % len(kinds)]
+            else:
+                kind = self.rng.choices(kinds, (4, 3, 2, 2))[0]
+            if i < len(kinds):
+                with self.quirks.suspended():
+                    doc = self.event(kind, i)
+            else:
+                doc = self.event(kind, i)
+            if kind == MENU:
+                self.menu_events.append(doc)
+            else:
+                self.registrable_event_ids.append(doc["_id"])
 
     def event(self, kind: str, index: int) -> dict:
         start_day = _FIRST_COACHING_DAY + timedelta(days=int(self.rng.random() * 1200))
@@ -575,19 +589,18 @@ class _Generator:
 
     def menu_recipes(self) -> None:
         slots = [(str(day), str(meal)) for day in range(7) for meal in range(2)]
-        for menu_id in self.menu_event_ids:
-            created = self.between(*_CATALOGUE_SPAN)
+        for menu in self.menu_events:
+            created = _ms(menu["creation_date"]) + self.between(_MINUTE, 2 * _DAY)
             for day, meal in self.rng.sample(slots, self.rng.randint(6, len(slots))):
                 self.new("menurecipes", created, self.edited(created, 0.2, 3 * _DAY), {
-                    "menu": self.ref("menurecipes.menu", menu_id),
+                    "menu": self.ref("menurecipes.menu", menu["_id"]),
                     "recipe": self.ref("menurecipes.recipe", self.rng.choice(self.recipe_ids)),
                     "day": day, "period": meal,
                 })
 
     def legacy_menus(self) -> None:
         """The legacy `menus` / `menu_recipes` collections R1/R2 read (a handful of documents)."""
-        menu_event = next(e for e in self.data["events"] if e["_id"] == self.menu_event_ids[0])
-        shared = {k: menu_event[k] for k in ("_id", "creation_date", "update_date", "name")}
+        shared = {k: self.menu_events[0][k] for k in ("_id", "creation_date", "update_date", "name")}
         shared["update_date"] += timedelta(days=3)  # same id as the event, newer: C11 decides
         shared["__v"] = 1
         self.add("menus", shared)
@@ -610,7 +623,8 @@ class _Generator:
             self.user("EXTERNAL_DIET")
         for company_id in self.company_ids[::3]:
             self.user("RH", company=company_id)
-        self.staff_ids = [self.user(role)["_id"] for role in ("SUPER_ADMIN", "ADMIN", "SUPPORT")]
+        for role in ("SUPER_ADMIN", "ADMIN", "SUPPORT"):
+            self.user(role)
 
     # --- users
 
@@ -657,8 +671,9 @@ class _Generator:
         self.registered_events(fields, created)
         for array, probability in (("targets", 0.5), ("specificity_targets", 0.3),
                                    ("health_targets", 0.2)):
-            if rng.random() < probability:
-                chosen = rng.sample(self.target_ids, rng.randint(0, 3))
+            shape = quirks.pick(f"users.{array}.array", (("filled", probability), ("empty", 0.05)))
+            if shape is not None:
+                chosen = rng.sample(self.target_ids, rng.randint(1, 3) if shape == "filled" else 0)
                 fields[array] = [self.ref(f"users.{array}", t) for t in chosen]
 
     def registered_events(self, fields: dict[str, Any], created: int) -> None:
@@ -671,16 +686,18 @@ class _Generator:
                                      min(len(self.registrable_event_ids), self.rng.randint(1, 3)))
             elements = [self.registration(event_id, created) for event_id in events]
             if self.quirks.hit("users.registered_events.duplicate", 0.03):
-                elements.append(self.registration(events[0], created + _DAY))
+                again = created + 40 * _DAY  # registered twice: the first date wins (3.16)
+                elements.append({"_id": self.oid(again), "event": events[0], "date": _dt(again)})
         fields["registered_events"] = elements
 
     def registration(self, event_id: ObjectId, at: int) -> Any:
         """The app stores {_id, event, date}; the seeds describe bare ObjectIds: both occur."""
-        value = self.ref("users.registered_events", event_id, "event")
-        if isinstance(value, dict | int) or self.quirks.hit("users.registered_events.bare", 0.25):
-            return value
+        if self.quirks.hit("users.registered_events.bare", 0.25):
+            return event_id
         at += self.between(0, 30 * _DAY)
-        return {"_id": self.oid(at), "event": value, "date": _dt(at)}
+        # The event inside may still be a hex string or bad (C5 normalises recursively).
+        event = self.ref("users.registered_events", event_id, embedded=False)
+        return {"_id": self.oid(at), "event": event, "date": _dt(at)}
 
     def fill_viewed_by(self) -> None:
         user_ids = [u["_id"] for u in self.data["users"]]
@@ -690,7 +707,7 @@ class _Generator:
             if shape == "missing":
                 continue
             readers = [] if shape == "empty" else self.rng.sample(
-                user_ids, int(self.rng.random() * most))
+                user_ids, self.rng.randint(1, most))
             viewed_by = [self.ref("contents.viewed_by", u, "user") for u in readers]
             if viewed_by and self.quirks.hit("contents.viewed_by.duplicate", 0.05):
                 viewed_by.append(viewed_by[0])

@@ -1,0 +1,199 @@
+"""`loader`: MongoDB (SmartDiet) -> Parquet staging -> DuckDB transforms -> PostgreSQL.
+
+Every command reads its settings from the environment and `.env` (MONGODB_URL, POSTGRES_HOST,
+...); flags override them. Failures end with one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from loader import pipeline, report
+from loader.config import Config, ConfigError, Table, load_config
+from loader.demo.servers import ServerError
+from loader.extract.mongo import SourceError
+from loader.load.writer import DestinationError
+from loader.settings import Settings, load_settings
+from loader.staging import StagingError
+from loader.transform.typing import TransformError
+
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXPECTED_ERRORS = (ConfigError, SourceError, DestinationError, StagingError, TransformError, ServerError)
+
+# ---------------------------------------------------------------- shared options
+ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="Mapping file [env LOADER_CONFIG; default config/schemas.yaml].")]
+StagingDir = Annotated[Optional[Path], typer.Option("--staging", help="Staging folder [env LOADER_STAGING_DIR; default staging].")]
+EnvFile = Annotated[Optional[Path], typer.Option("--env-file", help="Settings file read after the environment [default .env].")]
+Tables = Annotated[Optional[list[str]], typer.Option("--table", "-t", help="Only this table (repeatable).")]
+MongoUrl = Annotated[Optional[str], typer.Option("--mongodb-url", help="[env MONGODB_URL]", show_default=False)]
+MongoDatabase = Annotated[Optional[str], typer.Option("--mongodb-database", help="[env MONGODB_DATABASE]")]
+PgHost = Annotated[Optional[str], typer.Option("--postgres-host", help="[env POSTGRES_HOST]")]
+PgPort = Annotated[Optional[int], typer.Option("--postgres-port", help="[env POSTGRES_PORT]")]
+PgDatabase = Annotated[Optional[str], typer.Option("--postgres-database", help="[env POSTGRES_DATABASE]")]
+PgUser = Annotated[Optional[str], typer.Option("--postgres-user", help="[env POSTGRES_USER]")]
+PgPassword = Annotated[Optional[str], typer.Option("--postgres-password", help="[env POSTGRES_PASSWORD]; prefer the environment.", show_default=False)]
+PgSchema = Annotated[Optional[str], typer.Option("--schema", help="Target PostgreSQL schema [env POSTGRES_SCHEMA; default public].")]
+Timezone = Annotated[Optional[str], typer.Option("--timezone", help="Zone of DATE columns [env SOURCE_TIMEZONE; default Europe/Paris].")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Documents per read batch [env BATCH_SIZE; default 5000].")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+
+
+def fails_cleanly(command):
+    """Expected failures end with `error: <one line>` on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as exc:
+            _fail(str(exc))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        except Exception as exc:  # anything unforeseen still ends in one line (LOADER_DEBUG=1: traceback)
+            if os.environ.get("LOADER_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (LOADER_DEBUG=1 shows the traceback)")
+
+    return wrapper
+
+
+def _fail(message: str) -> None:
+    report.errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _settings(env_file: Path | None = None, **flags: object) -> Settings:
+    names = {
+        "config": "config_path",
+        "staging": "staging_dir",
+        "mongodb_url": "mongodb_url",
+        "mongodb_database": "mongodb_database",
+        "postgres_host": "postgres_host",
+        "postgres_port": "postgres_port",
+        "postgres_database": "postgres_database",
+        "postgres_user": "postgres_user",
+        "postgres_password": "postgres_password",
+        "schema": "postgres_schema",
+        "timezone": "source_timezone",
+        "batch_size": "batch_size",
+    }
+    return load_settings(env_file, **{names[k]: v for k, v in flags.items()})
+
+
+def _prepare(tables: list[str] | None, env_file: Path | None, **flags: object) -> tuple[Settings, Config, list[Table]]:
+    settings = _settings(env_file, **flags)
+    config = load_config(settings.config_path)
+    return settings, config, config.ordered(tables)
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+@fails_cleanly
+def extract(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None, batch_size: BatchSize = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Read the collections the mapping needs into staging/snapshots (Parquet) and the manifest."""
+    settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, mongodb_url=mongodb_url,
+                                     mongodb_database=mongodb_database, batch_size=batch_size)
+    pipeline.extract(settings, cfg, tables, progress=not no_progress)
+
+
+@app.command()
+@fails_cleanly
+def transform(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    timezone: Timezone = None,
+) -> None:
+    """Compute every target table from the staged snapshots with DuckDB (staging/tables, staging/issues)."""
+    settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, timezone=timezone)
+    pipeline.transform(settings, cfg, tables)
+
+
+@app.command()
+@fails_cleanly
+def load(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+    no_progress: NoProgress = False,
+) -> None:
+    """Create missing tables, then COPY and merge each staged table into PostgreSQL, parents first."""
+    settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, postgres_host=postgres_host,
+                                     postgres_port=postgres_port, postgres_database=postgres_database,
+                                     postgres_user=postgres_user, postgres_password=postgres_password, schema=schema)
+    pipeline.load(settings, cfg, tables, progress=not no_progress)
+
+
+@app.command()
+@fails_cleanly
+def run(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+    timezone: Timezone = None, batch_size: BatchSize = None, no_progress: NoProgress = False,
+) -> None:
+    """extract, transform and load in one go, with a summary at the end."""
+    settings, cfg, tables = _prepare(
+        table, env_file, config=config, staging=staging, mongodb_url=mongodb_url, mongodb_database=mongodb_database,
+        postgres_host=postgres_host, postgres_port=postgres_port, postgres_database=postgres_database,
+        postgres_user=postgres_user, postgres_password=postgres_password, schema=schema, timezone=timezone,
+        batch_size=batch_size,
+    )
+    pipeline.run(settings, cfg, tables, progress=not no_progress)
+
+
+@app.command()
+@fails_cleanly
+def tables(config: ConfigPath = None, env_file: EnvFile = None) -> None:
+    """Check the mapping file and print the tables in load order."""
+    settings, cfg, ordered = _prepare(None, env_file, config=config)
+    listing = report._table(f"{len(ordered)} tables in load order ({settings.config_path})",
+                            "table", "collection", "strategy", "parents")
+    for t in ordered:
+        parents = ", ".join(sorted({c.foreign_key.table for c in t.foreign_keys}))
+        listing.add_row(t.name, t.collection, t.strategy.name, parents)
+    report.console.print(listing)
+
+
+@app.command()
+@fails_cleanly
+def demo(
+    size: Annotated[int, typer.Option(help="About how many source documents to generate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 7,
+    staging: StagingDir = None,
+    keep_running: Annotated[Optional[bool], typer.Option(
+        "--keep-running/--no-keep-running",
+        help="Keep the servers up until Ctrl-C [default: when run in a terminal].")] = None,
+    timezone: Timezone = None,
+) -> None:
+    """Generate a SmartDiet-shaped dataset in an embedded MongoDB, load it into a throwaway PostgreSQL."""
+    from loader.demo.run import run_demo  # the demo needs the optional secantusdb package
+
+    run_demo(size=size, seed=seed, staging=staging or Path("staging"), timezone=timezone,
+             keep_running=sys.stdin.isatty() if keep_running is None else keep_running)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

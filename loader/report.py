@@ -1,0 +1,119 @@
+"""What the user sees: progress bars while stages run and summary tables at the end (rich)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from loader.extract.mongo import ProgressHook as ExtractHook
+from loader.load.writer import LoadResult
+from loader.load.writer import ProgressHook as LoadHook
+from loader.staging import Snapshot
+from loader.transform.runner import TableResult
+
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:>10,.0f} {self.unit}/s" if speed else " " * (13 + len(self.unit)), style="cyan")
+
+
+def progress_bars(unit: str) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+class _Bars:
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def start(self, name: str, total: int | None) -> None:
+        self.tasks[name] = self.progress.add_task(name, total=total or None)
+
+    def advance(self, name: str, n: int) -> None:
+        self.progress.advance(self.tasks[name], n)
+
+    def finish(self, name: str) -> None:
+        task = self.progress.tasks[self.tasks[name]]
+        self.progress.update(self.tasks[name], total=task.completed)
+
+
+class ExtractBars(_Bars, ExtractHook):
+    pass
+
+
+class LoadBars(_Bars, LoadHook):
+    pass
+
+
+def _table(title: str, *columns: str) -> RichTable:
+    table = RichTable(title=title, title_justify="left", header_style="bold")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def _reasons(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+
+
+def extract_summary(snapshots: list[Snapshot]) -> RichTable:
+    table = _table("Extract", "collection", "documents", "rejected", "seconds", "documents/s", "snapshot")
+    for s in snapshots:
+        rate = f"{s.documents / s.seconds:,.0f}" if s.seconds and s.documents else "-"
+        note = "absent from source" if s.source_missing else s.id
+        table.add_row(s.collection, f"{s.documents:,}", f"{s.rejected:,}", f"{s.seconds:.2f}", rate, note)
+    return table
+
+
+def transform_summary(results: list[TableResult]) -> RichTable:
+    table = _table("Transform", "table", "source documents", "rows", "rejected", "warnings", "reasons")
+    for r in results:
+        if r.status == "pending":
+            table.add_row(r.table, "", "", "", "", "pending: strategy not implemented yet", style="dim")
+        else:
+            table.add_row(r.table, f"{r.documents:,}", f"{r.rows:,}", f"{r.rejected:,}", f"{r.warnings:,}", _reasons(r.reasons))
+    return table
+
+
+def load_summary(results: list[LoadResult], transformed: dict[str, dict]) -> RichTable:
+    """Per table: source documents, rows written (inserted + updated), unchanged, rejected, warnings."""
+    table = _table(
+        "Summary", "table", "source docs", "written", "inserted", "updated", "unchanged", "rejected", "warnings", "reasons"
+    )
+    for r in results:
+        counts = transformed.get(r.table, {})
+        if r.status == "pending":
+            table.add_row(r.table, "", "", "", "", "", "", "", "pending: strategy not implemented yet", style="dim")
+            continue
+        table.add_row(
+            r.table,
+            f"{counts.get('documents', 0):,}",
+            f"{r.inserted + r.updated:,}",
+            f"{r.inserted:,}",
+            f"{r.updated:,}",
+            f"{r.unchanged:,}",
+            f"{counts.get('rejected', 0):,}",
+            f"{counts.get('warnings', 0):,}",
+            _reasons(counts.get("reasons", {})),
+        )
+    return table
