@@ -63,7 +63,7 @@ def fails_cleanly(command):
             _fail(str(exc))
         except ValidationError as exc:
             first = exc.errors()[0]
-            _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
+            _fail(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg'].removeprefix('Value error, ')}")
         except Exception as exc:  # anything unforeseen still ends in one line (LOADER_DEBUG=1: traceback)
             if os.environ.get("LOADER_DEBUG"):
                 raise

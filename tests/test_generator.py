@@ -363,9 +363,10 @@ def test_items_and_answers_point_to_existing_questions(data: dict[str, list[dict
         else:
             assert ref_id(item["userQuizzQuestion"]) in user_questions
     for question in data["userquizzquestions"]:
-        chosen = question.get("qcm_answers", []) + [question.get("single_enum_answer")] * (
-            "single_enum_answer" in question)
-        assert all("quizzQuestion" in items[ref_id(c)] for c in chosen)
+        chosen = list(question.get("qcm_answers", []))
+        if "single_enum_answer" in question:
+            chosen.append(question["single_enum_answer"])
+        assert all("quizzQuestion" in items[ref_id(c)] for c in chosen)  # template options
 
 
 def test_days_periods_and_appointments(data: dict[str, list[dict]]) -> None:

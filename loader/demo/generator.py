@@ -200,7 +200,6 @@ _LASTNAMES = (
 )
 _INSURERS = ("MGEN", "Harmonie Mutuelle", "Malakoff Humanis", "AG2R La Mondiale")
 _POPULATIONS = ("Salariés", "Ayants droit", "Retraités")
-_PERIOD_STATUSES = ("finished", "active", "pending")
 
 # ----------------------------------------------------------------------------- rates
 
@@ -646,8 +645,7 @@ class _Generator:
         if role == "CUSTOMER":
             self.customer_fields(fields, created)
         if rng.random() < 0.3:
-            fields["phone"] = f"+33 6 {rng.randint(10, 99)} {rng.randint(10, 99)} " \
-                              f"{rng.randint(10, 99)} {rng.randint(10, 99)}"
+            fields["phone"] = "+33 6 " + " ".join(str(rng.randint(10, 99)) for _ in range(4))
         return self.new("users", created, self.edited(created, 0.6, 300 * _DAY), fields)
 
     def email(self, firstname: str, lastname: str, role: str) -> str:
@@ -783,7 +781,11 @@ class _Generator:
     # --- coachings
 
     def coaching_cluster(self, budget: int) -> None:
-        """One patient's coaching and everything hanging from it; about `budget` docs at most."""
+        """One patient's coaching and everything hanging from it.
+
+        `budget` (documents still wanted) caps the number of logbook days, so that the total stays
+        close to the requested size.
+        """
         rng, quirks = self.rng, self.quirks
         start_day = _FIRST_COACHING_DAY + timedelta(days=int(rng.random() * _COACHING_DAYS_SPAN))
         start = _paris_midnight_ms(start_day)
@@ -843,7 +845,7 @@ class _Generator:
             doc = self.new("periods", created, self.edited(created, 0.5, 30 * _DAY), {
                 "number_of_days": end - first,
                 "coaching": self.ref("periods.coaching", coaching_id), "order": order,
-                "status": _PERIOD_STATUSES[1] if last and status == STARTED else _PERIOD_STATUSES[0],
+                "status": "active" if last and status == STARTED else "finished",
             })
             per_day += [doc["_id"]] * (end - first)
         return per_day
