@@ -420,8 +420,6 @@ def test_directory_instead_of_file_is_an_error(tmp_path):
         load_config(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="bug: a non-UTF-8 file raises UnicodeDecodeError, not ConfigError")
 def test_non_utf8_file_is_an_error(tmp_path):
     path = tmp_path / "schemas.yaml"
     path.write_bytes(b"things:\n  include_base: true  # caf\xe9\n")
@@ -446,3 +444,24 @@ def test_file_that_is_not_a_mapping_is_an_error(tmp_path, text):
 @pytest.mark.parametrize("text", ["tables:\n", "tables: {}\n", "tables: [a, b]\n"])
 def test_empty_or_non_mapping_tables_key_is_an_error(tmp_path, text):
     error(tmp_path, text, "tables")
+
+
+def test_unsupported_sql_type_is_a_config_error(tmp_path):
+    error(tmp_path, {"t": {"include_base": True, "additional_columns": [col("p", sql_type="JSONB")]}}, "t", "sql_type")
+
+
+def test_two_primary_keys_are_a_config_error(tmp_path):
+    columns = [col("a", primary_key=True), col("b", primary_key=True)]
+    error(tmp_path, {"t": {"columns": columns, "unique_constraints": [["a"]]}}, "t", "primary_key")
+
+
+def test_a_mapping_order_does_not_hide_a_double_mapping(tmp_path):
+    columns = [col("x"), col("created_at", sql_type="TIMESTAMP")]
+    spec = {"columns": columns, "unique_constraints": [["x"]], "explicit_mappings": {"foo": "x", "creation_date": "x"}}
+    error(tmp_path, {"t": spec}, "t", "mapped twice")
+
+
+def test_foreign_key_must_target_a_key(tmp_path):
+    parent = {"include_base": True}
+    child = {"include_base": True, "additional_columns": [col("p", foreign_key="parent(created_at)")]}
+    error(tmp_path, {"parent": parent, "child": child}, "child", "foreign_key")

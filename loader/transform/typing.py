@@ -20,10 +20,6 @@ INTEGER_RANGES = {
     "INT": (-(2**31), 2**31 - 1),
     "BIGINT": (-(2**63), 2**63 - 1),
 }
-TEXT_TYPES = {"VARCHAR", "TEXT", "CHAR", "CHARACTER", "CHARACTER VARYING"}
-NUMBER_TYPES = {"NUMERIC", "DECIMAL", "REAL", "DOUBLE PRECISION", "FLOAT"}
-# Columns the database generates; they are never read from the source.
-GENERATED_TYPES = {"SERIAL", "BIGSERIAL", "SMALLSERIAL"}
 
 
 class TransformError(Exception):
@@ -51,7 +47,7 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
             final="v",
             warning=f"CASE WHEN {present_but_lost} THEN 'bad_reference' END",
         )
-    if base in TEXT_TYPES:
+    if column.family == "text":
         too_long = f"WHEN length(v) > {column.length} THEN 'value_too_long'" if column.length else ""
         return ColumnSql(
             value="bson_to_text(r)",
@@ -59,33 +55,31 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
             error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN strpos(v, chr(0)) > 0 THEN 'nul_character' {too_long} ELSE {not_null} END",
             final="v",
         )
-    if base in INTEGER_RANGES:
+    if column.family == "integer":
         low, high = INTEGER_RANGES[base]
         return ColumnSql(
             value="bson_to_integer(r)",
             error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN v NOT BETWEEN {low} AND {high} THEN 'out_of_range' ELSE {not_null} END",
             final=f"CASE WHEN v BETWEEN {low} AND {high} THEN CAST(v AS {'INTEGER' if base == 'INT' else base}) END",
         )
-    simple = {
-        "BOOLEAN": ("bson_to_boolean(r)", "BOOLEAN"),
-        "BOOL": ("bson_to_boolean(r)", "BOOLEAN"),
-        "TIMESTAMP": ("bson_to_timestamp(r)", "TIMESTAMP"),
-        "DATE": (f"bson_to_date(r, {sql_literal(timezone)})", "DATE"),
-        **{t: ("bson_to_number(r)", "DOUBLE") for t in NUMBER_TYPES},
+    converters = {
+        "boolean": "bson_to_boolean(r)",
+        "timestamp": "bson_to_timestamp(r)",
+        "date": f"bson_to_date(r, {sql_literal(timezone)})",
+        "number": "bson_to_number(r)",
     }
-    if base in simple:
-        value, _ = simple[base]
-        return ColumnSql(
-            value=value,
-            error=f"CASE WHEN {present_but_lost} THEN 'type_error' ELSE {not_null} END",
-            final="v",
-        )
-    raise TransformError(f"table '{table.name}', column '{column.name}': unsupported sql_type {column.sql_type!r}")
+    if column.family not in converters:
+        raise TransformError(f"table '{table.name}', column '{column.name}': a {column.sql_type} column is not read from documents")
+    return ColumnSql(
+        value=converters[column.family],
+        error=f"CASE WHEN {present_but_lost} THEN 'type_error' ELSE {not_null} END",
+        final="v",
+    )
 
 
 def source_columns(table: Table) -> list[Column]:
     """Columns read from the documents (generated columns excluded)."""
-    return [c for c in table.columns if c.base_type not in GENERATED_TYPES]
+    return [c for c in table.columns if c.family != "generated"]
 
 
 def typed_rows_sql(table: Table, documents: str, timezone: str) -> str:
