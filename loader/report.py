@@ -68,7 +68,8 @@ class LoadBars(_Bars, LoadHook):
 def _table(title: str, *columns: str) -> RichTable:
     table = RichTable(title=title, title_justify="left", header_style="bold")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        numeric = i > 0 and column not in ("reasons", "snapshot", "collection", "strategy", "parents")
+        table.add_column(column, justify="right" if numeric else "left")
     return table
 
 
