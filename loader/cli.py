@@ -165,7 +165,7 @@ def run(
 def tables(config: ConfigPath = None, env_file: EnvFile = None) -> None:
     """Check the mapping file and print the tables in load order."""
     settings, cfg, ordered = _prepare(None, env_file, config=config)
-    listing = report._table(f"{len(ordered)} tables in load order ({settings.config_path})",
+    listing = report.new_table(f"{len(ordered)} tables in load order ({settings.config_path})",
                             "table", "collection", "strategy", "parents")
     for t in ordered:
         parents = ", ".join(sorted({c.foreign_key.table for c in t.foreign_keys}))

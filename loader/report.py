@@ -65,7 +65,7 @@ class LoadBars(_Bars, LoadHook):
     pass
 
 
-def _table(title: str, *columns: str) -> RichTable:
+def new_table(title: str, *columns: str) -> RichTable:
     table = RichTable(title=title, title_justify="left", header_style="bold")
     for i, column in enumerate(columns):
         numeric = i > 0 and column not in ("reasons", "snapshot", "collection", "strategy", "parents")
@@ -78,7 +78,7 @@ def _reasons(reasons: dict[str, int]) -> str:
 
 
 def extract_summary(snapshots: list[Snapshot]) -> RichTable:
-    table = _table("Extract", "collection", "documents", "rejected", "seconds", "documents/s", "snapshot")
+    table = new_table("Extract", "collection", "documents", "rejected", "seconds", "documents/s", "snapshot")
     for s in snapshots:
         rate = f"{s.documents / s.seconds:,.0f}" if s.seconds and s.documents else "-"
         note = "absent from source" if s.source_missing else s.id
@@ -87,7 +87,7 @@ def extract_summary(snapshots: list[Snapshot]) -> RichTable:
 
 
 def transform_summary(results: list[TableResult]) -> RichTable:
-    table = _table("Transform", "table", "source documents", "rows", "rejected", "warnings", "reasons")
+    table = new_table("Transform", "table", "source documents", "rows", "rejected", "warnings", "reasons")
     for r in results:
         if r.status == "pending":
             table.add_row(r.table, "", "", "", "", "pending: strategy not implemented yet", style="dim")
@@ -98,7 +98,7 @@ def transform_summary(results: list[TableResult]) -> RichTable:
 
 def load_summary(results: list[LoadResult], transformed: dict[str, dict]) -> RichTable:
     """Per table: source documents, rows written (inserted + updated), unchanged, rejected, warnings."""
-    table = _table(
+    table = new_table(
         "Summary", "table", "source docs", "written", "inserted", "updated", "unchanged", "rejected", "warnings", "reasons"
     )
     for r in results:

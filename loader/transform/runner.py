@@ -82,7 +82,7 @@ def _transform_table(con, settings: Settings, staging: Staging, table: Table, ac
     documents_sql = strategy_sql(table)
     typed = q(f"typed_{name}")
     duck.run(con, f"CREATE OR REPLACE TEMP TABLE {typed} AS {typed_rows_sql(table, documents_sql, settings.source_timezone)}")
-    documents = con.execute(f"SELECT count(*) FROM ({documents_sql})").fetchall()[0][0]
+    documents = con.execute(f"SELECT count(*) FROM {typed}").fetchall()[0][0]  # one typed row per document
 
     checked = q(f"checked_{name}")
     duck.run(con, f"CREATE OR REPLACE TEMP TABLE {checked} AS {_foreign_key_sql(table, typed, staging, accepted)}")
