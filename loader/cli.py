@@ -78,21 +78,9 @@ def _fail(message: str) -> None:
 
 
 def _settings(env_file: Path | None = None, **flags: object) -> Settings:
-    names = {
-        "config": "config_path",
-        "staging": "staging_dir",
-        "mongodb_url": "mongodb_url",
-        "mongodb_database": "mongodb_database",
-        "postgres_host": "postgres_host",
-        "postgres_port": "postgres_port",
-        "postgres_database": "postgres_database",
-        "postgres_user": "postgres_user",
-        "postgres_password": "postgres_password",
-        "schema": "postgres_schema",
-        "timezone": "source_timezone",
-        "batch_size": "batch_size",
-    }
-    return load_settings(env_file, **{names[k]: v for k, v in flags.items()})
+    # Flags are named like the settings, except these shorter ones.
+    renamed = {"config": "config_path", "staging": "staging_dir", "schema": "postgres_schema", "timezone": "source_timezone"}
+    return load_settings(env_file, **{renamed.get(k, k): v for k, v in flags.items()})
 
 
 def _prepare(tables: list[str] | None, env_file: Path | None, **flags: object) -> tuple[Settings, Config, list[Table]]:

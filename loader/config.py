@@ -83,6 +83,11 @@ _BASE_COLUMNS = (
 _BASE_MAPPINGS = {"_id": "id", "creation_date": "created_at", "update_date": "updated_at"}
 
 
+def type_name(sql_type: str) -> str:
+    """The type name without length, upper-case, spaces folded: varchar (255) -> VARCHAR."""
+    return " ".join(sql_type.split("(")[0].split()).upper()
+
+
 # ---------------------------------------------------------------- resolved model
 
 
@@ -105,8 +110,7 @@ class Column:
 
     @property
     def base_type(self) -> str:
-        """The type name without length, upper-case: VARCHAR(255) -> VARCHAR."""
-        return " ".join(self.sql_type.split("(")[0].split()).upper()
+        return type_name(self.sql_type)
 
     @property
     def family(self) -> str:
@@ -247,8 +251,7 @@ def _resolve_table(path: Path, key: str, raw: object, position: int) -> Table:
     if duplicates:
         raise ConfigError(f"{where}: column(s) defined twice: {', '.join(duplicates)}")
     for column in specs:
-        base = " ".join(column.sql_type.split("(")[0].split()).upper()
-        if not _SQL_TYPE.match(column.sql_type) or base not in TYPE_FAMILIES:
+        if not _SQL_TYPE.match(column.sql_type) or type_name(column.sql_type) not in TYPE_FAMILIES:
             raise ConfigError(
                 f"{where}, column '{column.name}', key 'sql_type': unsupported SQL type {column.sql_type!r}"
                 f" (supported: {', '.join(sorted(TYPE_FAMILIES))}, with an optional length)"

@@ -14,7 +14,7 @@ from loader.transform import runner
 def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True) -> list[Snapshot]:
     staging = Staging(settings.staging_dir)
     with report.progress_bars("docs") as bars:
-        snapshots = mongo.extract(settings, staging, config.collections(tables), report.ExtractBars(bars) if progress else None)
+        snapshots = mongo.extract(settings, staging, config.collections(tables), report.Bars(bars) if progress else None)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
@@ -30,7 +30,7 @@ def transform(settings: Settings, config: Config, tables: list[Table], summary: 
 def load(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True) -> list[writer.LoadResult]:
     staging = Staging(settings.staging_dir)
     with report.progress_bars("rows") as bars:
-        results = writer.load(settings, config, staging, tables, report.LoadBars(bars) if progress else None)
+        results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None)
     if summary:
         report.console.print(report.load_summary(results, staging.read_transform_report()["tables"]))
     return results

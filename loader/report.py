@@ -9,9 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from loader.extract.mongo import ProgressHook as ExtractHook
 from loader.load.writer import LoadResult
-from loader.load.writer import ProgressHook as LoadHook
+from loader.progress import ProgressHook
 from loader.staging import Snapshot
 from loader.transform.runner import TableResult
 
@@ -41,7 +40,9 @@ def progress_bars(unit: str) -> Progress:
     )
 
 
-class _Bars:
+class Bars(ProgressHook):
+    """One progress bar per collection or table."""
+
     def __init__(self, progress: Progress):
         self.progress = progress
         self.tasks: dict[str, int] = {}
@@ -55,14 +56,6 @@ class _Bars:
     def finish(self, name: str) -> None:
         task = self.progress.tasks[self.tasks[name]]
         self.progress.update(self.tasks[name], total=task.completed)
-
-
-class ExtractBars(_Bars, ExtractHook):
-    pass
-
-
-class LoadBars(_Bars, LoadHook):
-    pass
 
 
 def new_table(title: str, *columns: str) -> RichTable:

@@ -23,6 +23,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
 from loader import duck
+from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Snapshot, Staging, new_snapshot_id, utc_now
 
@@ -66,7 +67,7 @@ def extract(
     settings: Settings,
     staging: Staging,
     collections: dict[str, set[str]],
-    on_progress: "ProgressHook | None" = None,
+    on_progress: ProgressHook | None = None,
 ) -> list[Snapshot]:
     """Stage a full snapshot of each collection (name -> projected fields)."""
     client = connect(settings)
@@ -83,14 +84,6 @@ def extract(
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
         client.close()
-
-
-class ProgressHook:
-    """What extract reports while it reads (implemented by the CLI's progress bars)."""
-
-    def start(self, collection: str, total: int | None) -> None: ...
-    def advance(self, collection: str, documents: int) -> None: ...
-    def finish(self, collection: str) -> None: ...
 
 
 def stage_collection(

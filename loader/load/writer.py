@@ -17,6 +17,7 @@ from psycopg import sql
 from loader import duck
 from loader.config import Config, Table
 from loader.duck import sql_identifier, sql_literal
+from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging
 from loader.strategies import UPSERT_ID
@@ -38,14 +39,6 @@ class LoadResult:
     updated: int = 0
     unchanged: int = 0
     seconds: float = 0.0
-
-
-class ProgressHook:
-    """What load reports while it writes (implemented by the CLI's progress bars)."""
-
-    def start(self, table: str, total: int) -> None: ...
-    def advance(self, table: str, rows: int) -> None: ...
-    def finish(self, table: str) -> None: ...
 
 
 def connect(settings: Settings) -> psycopg.Connection:

@@ -1,0 +1,9 @@
+"""What a stage reports while it works; the CLI implements it with progress bars."""
+
+
+class ProgressHook:
+    """Per item (a collection, a table): start with the expected total, advance, finish."""
+
+    def start(self, name: str, total: int | None) -> None: ...
+    def advance(self, name: str, count: int) -> None: ...
+    def finish(self, name: str) -> None: ...
