@@ -15,8 +15,8 @@ from loader.staging import Snapshot
 from loader.transform.runner import TableResult
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class RateColumn(ProgressColumn):
@@ -80,33 +80,32 @@ def extract_summary(snapshots: list[Snapshot]) -> RichTable:
 
 
 def transform_summary(results: list[TableResult]) -> RichTable:
-    table = new_table("Transform", "table", "source documents", "rows", "rejected", "warnings", "reasons")
+    table = new_table("Transform", "table", "source documents", "rows", "rejected", "skipped", "warnings", "reasons")
     for r in results:
-        if r.status == "pending":
-            table.add_row(r.table, "", "", "", "", "pending: strategy not implemented yet", style="dim")
-        else:
-            table.add_row(r.table, f"{r.documents:,}", f"{r.rows:,}", f"{r.rejected:,}", f"{r.warnings:,}", _reasons(r.reasons))
+        table.add_row(
+            r.table, f"{r.documents:,}", f"{r.rows:,}", f"{r.rejected:,}", f"{r.skipped:,}", f"{r.warnings:,}", _reasons(r.reasons)
+        )
     return table
 
 
 def load_summary(results: list[LoadResult], transformed: dict[str, dict]) -> RichTable:
-    """Per table: source documents, rows written (inserted + updated), unchanged, rejected, warnings."""
+    """Per table: source documents, rows inserted, updated, deleted and unchanged, and the
+    transform's rejects, skips and warnings."""
     table = new_table(
-        "Summary", "table", "source docs", "written", "inserted", "updated", "unchanged", "rejected", "warnings", "reasons"
+        "Summary", "table", "source docs", "inserted", "updated", "deleted", "unchanged",
+        "rejected", "skipped", "warnings", "reasons",
     )
     for r in results:
         counts = transformed.get(r.table, {})
-        if r.status == "pending":
-            table.add_row(r.table, "", "", "", "", "", "", "", "pending: strategy not implemented yet", style="dim")
-            continue
         table.add_row(
             r.table,
             f"{counts.get('documents', 0):,}",
-            f"{r.inserted + r.updated:,}",
             f"{r.inserted:,}",
             f"{r.updated:,}",
+            f"{r.deleted:,}",
             f"{r.unchanged:,}",
             f"{counts.get('rejected', 0):,}",
+            f"{counts.get('skipped', 0):,}",
             f"{counts.get('warnings', 0):,}",
             _reasons(counts.get("reasons", {})),
         )

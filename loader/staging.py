@@ -7,6 +7,8 @@
           rejects.parquet                          documents that could not be decoded (if any)
       tables/<table>.parquet                       transform output: the rows to load
       issues/<table>.parquet                       transform rejects, skips and warnings with reasons
+      scopes/<table>.parquet                       keys whose rows the load replaces (relationship
+                                                   parents, moments candidates)
       transform.json                               per-table counts of the last transform
       tmp/                                         scratch space (DuckDB spill files, COPY streams)
 
@@ -73,6 +75,9 @@ class Staging:
 
     def issues_file(self, table: str) -> Path:
         return self.root / "issues" / f"{table}.parquet"
+
+    def scope_file(self, table: str) -> Path:
+        return self.root / "scopes" / f"{table}.parquet"
 
     @property
     def transform_report_path(self) -> Path:

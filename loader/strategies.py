@@ -17,16 +17,46 @@ MOMENTS = "moments"
 
 
 @dataclass(frozen=True)
+class ArrayField:
+    """One array of a relationship strategy: its field, the C5 key of embedded elements, and
+    constant columns of the rows it gives (users_targets.type)."""
+
+    name: str
+    key: str
+    constants: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Strategy:
     name: str
     kind: str
+    # SQL file under loader/transform/sql/ that selects the table's documents (see entity.sql).
+    sql: str
     # Extra (collection -> fields) read besides the table's own collection and mapped fields.
     extra_sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # Array fields of the table's own collection (relationship strategies).
-    array_fields: tuple[str, ...] = ()
-    # SQL file under loader/transform/sql/ that selects the table's raw column values;
-    # None means the strategy is not implemented yet.
-    sql: str | None = None
+    # Relationship strategies: the arrays of the parent document, the column holding the
+    # parent id, the column holding the element, and whether the element's `date` is the
+    # row's creation time (user_events).
+    arrays: tuple[ArrayField, ...] = ()
+    parent_column: str | None = None
+    element_column: str | None = None
+    element_date: bool = False
+    # SQL file creating temporary tables shared by several tables (run once per transform).
+    prepare: str | None = None
+    # Query of the keys whose rows this run replaces (DELETE-INSERT parents, moments
+    # candidates), and the column of the table holding that key; None: rows are only upserted.
+    scope_sql: str | None = None
+    scope_column: str | None = None
+
+    @property
+    def array_fields(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arrays)
+
+    def columns(self) -> set[str]:
+        """Columns the strategy writes by name (the table must have them)."""
+        named = {self.parent_column, self.element_column, self.scope_column}
+        named.update(c for a in self.arrays for c in a.constants)
+        return {c for c in named if c is not None}
 
 
 # Event documents carry their sub-type in `__t`, else `kind` (MAPPING.md C9).
@@ -35,7 +65,44 @@ DISCRIMINATOR_FIELDS = ("__t", "kind")
 # Tables without `import_strategy`: entity tables (include_base) are upserted by id, the
 # others by their first unique constraint with the "latest timestamps" merge (MAPPING.md 5.5).
 ENTITY = Strategy("entity", UPSERT_ID, sql="entity.sql")
-KEYED = Strategy("keyed", UPSERT_KEY)
+KEYED = Strategy("keyed", UPSERT_KEY, sql="entity.sql")
+
+
+def _relationship(name: str, parent_column: str, element_column: str, *arrays: ArrayField, element_date: bool = False) -> Strategy:
+    """DELETE-INSERT per parent document (MAPPING.md 5.6): every parent of the run is in scope,
+    so that an emptied array removes the parent's rows."""
+    return Strategy(
+        name,
+        DELETE_INSERT,
+        sql="relationship.sql",
+        arrays=arrays,
+        parent_column=parent_column,
+        element_column=element_column,
+        element_date=element_date,
+        scope_sql="SELECT _id AS key FROM {src}",
+        scope_column=parent_column,
+    )
+
+
+# The moments pass (MAPPING.md section 4) derives both tables at once; they are written together.
+_MOMENT_SOURCES = {
+    "userquizzs": ("type", "name", "questions"),
+    "coachinglogbooks": ("user", "day", "logbook"),
+    "userquizzquestions": (
+        "quizz_question",
+        "quizzQuestion",
+        "boolean_answer",
+        "scale_1_10_answer",
+        "text_answer",
+        "document_answer",
+        "numeric_answer",
+        "single_enum_answer",
+        "qcm_answers",
+    ),
+    "quizzquestions": ("title",),
+    "items": ("text", "userQuizzQuestion"),
+}
+_MOMENT_SCOPE = "SELECT id AS key FROM moment_candidates"
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -43,52 +110,56 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy(
             "menus",
             UPSERT_ID,
+            sql="menus.sql",
             # Menu events are selected by their discriminator (C9); a legacy `menus`
             # collection is read too when it exists (MAPPING.md 3.13).
             extra_sources={"events": DISCRIMINATOR_FIELDS, "menus": ("name",)},
-            sql="menus.sql",
         ),
         Strategy(
             "appointments",
             UPSERT_ID,
+            sql="appointments.sql",
             # A missing `user` falls back to the coaching's user (MAPPING.md 3.24).
             extra_sources={"coachings": ("user",)},
-            sql="appointments.sql",
         ),
-        Strategy("user_events", DELETE_INSERT, array_fields=("registered_events",)),
-        Strategy(
+        _relationship("user_events", "user_id", "event_id", ArrayField("registered_events", "event"), element_date=True),
+        _relationship(
             "users_targets",
-            DELETE_INSERT,
-            array_fields=("targets", "specificity_targets", "health_targets"),
+            "user_id",
+            "target_id",
+            ArrayField("targets", "_id", {"type": "basic"}),
+            ArrayField("specificity_targets", "_id", {"type": "specificity"}),
+            ArrayField("health_targets", "_id", {"type": "health"}),
         ),
-        Strategy("quizzs_links_questions", DELETE_INSERT, array_fields=("questions",)),
-        Strategy("users_quizzs_links_questions", DELETE_INSERT, array_fields=("questions",)),
-        Strategy("users_contents_reads", DELETE_INSERT, array_fields=("viewed_by",)),
-        Strategy("days_contents_links", DELETE_INSERT, array_fields=("contents",)),
-        Strategy("days_logbooks_links", DELETE_INSERT, array_fields=("main_logbooks",)),
-        Strategy("users_logbook", UPSERT_KEY, extra_sources={"coachinglogbooks": ("user", "day")}),
+        _relationship("quizzs_links_questions", "quizz_id", "question_id", ArrayField("questions", "question")),
+        _relationship(
+            "users_quizzs_links_questions", "user_quizz_id", "user_quizz_question_id", ArrayField("questions", "question")
+        ),
+        _relationship("users_contents_reads", "content_id", "user_id", ArrayField("viewed_by", "user")),
+        _relationship("days_contents_links", "day_id", "content_id", ArrayField("contents", "content")),
+        _relationship("days_logbooks_links", "day_id", "logbook_id", ArrayField("main_logbooks", "logbook")),
+        # One row per (user, local day) of the coaching logbooks (MAPPING.md 3.20).
+        Strategy("users_logbook", UPSERT_KEY, sql="users_logbook.sql"),
+        # `menurecipes` plus a legacy `menu_recipes` collection (MAPPING.md 3.21).
+        Strategy("menu_recipes", UPSERT_KEY, sql="menu_recipes.sql", extra_sources={"menu_recipes": ("menu", "recipe")}),
         Strategy(
             "users_logbooks_moments",
             MOMENTS,
-            extra_sources={
-                "userquizzs": ("type", "name", "questions"),
-                "coachinglogbooks": ("user", "day", "logbook"),
-                "userquizzquestions": (
-                    "quizz_question",
-                    "quizzQuestion",
-                    "boolean_answer",
-                    "scale_1_10_answer",
-                    "text_answer",
-                    "document_answer",
-                    "numeric_answer",
-                    "single_enum_answer",
-                    "qcm_answers",
-                ),
-                "quizzquestions": ("title",),
-                "items": ("text", "userQuizzQuestion"),
-            },
+            sql="moments.sql",
+            extra_sources=_MOMENT_SOURCES,
+            prepare="moments_pass.sql",
+            scope_sql=_MOMENT_SCOPE,
+            scope_column="id",
         ),
-        Strategy("users_logbooks_moments_details", MOMENTS),
+        Strategy(
+            "users_logbooks_moments_details",
+            MOMENTS,
+            sql="moment_details.sql",
+            extra_sources=_MOMENT_SOURCES,
+            prepare="moments_pass.sql",
+            scope_sql=_MOMENT_SCOPE,
+            scope_column="user_logbook_moment_id",
+        ),
     )
 }
 

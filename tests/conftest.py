@@ -65,7 +65,8 @@ def target(postgres) -> dict[str, str]:
 
 def run_loader(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """`loader <args>` in a subprocess, from the project root, with only the given settings."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "POSTGRES_", "LOADER_"))}
+    settings = ("MONGODB_", "POSTGRES_", "LOADER_", "SOURCE_TIMEZONE", "BATCH_SIZE", "CONNECT_TIMEOUT")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
     return subprocess.run(
         [sys.executable, "-m", "loader", *args],
         cwd=ROOT,

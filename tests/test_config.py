@@ -390,9 +390,31 @@ def test_table_without_base_unique_constraint_or_strategy_is_an_error(tmp_path):
     error(tmp_path, {"links": {"columns": [col("a")]}}, "links", "unique_constraints")
 
 
-def test_table_without_base_with_strategy_needs_no_unique_constraint(tmp_path):
-    table = load(tmp_path, {"links": {"columns": [col("user_id")], "import_strategy": "user_events"}})
-    assert table.tables["links"].strategy.name == "user_events"
+def test_relationship_strategy_needs_a_unique_constraint(tmp_path):
+    error(tmp_path, {"links": {"columns": [col("user_id"), col("event_id")], "import_strategy": "user_events"}},
+          "links", "user_events", "unique_constraints")
+
+
+def test_relationship_strategy_needs_its_columns(tmp_path):
+    error(tmp_path, {"links": {"columns": [col("user_id"), col("other")], "import_strategy": "user_events",
+                               "unique_constraints": [["user_id", "other"]]}},
+          "links", "user_events", "event_id")
+
+
+def test_reference_to_a_generated_key_is_resolved_by_the_parents_unique_constraint(tmp_path):
+    config = load(tmp_path, {
+        "days": {"columns": [col("id", "SERIAL", primary_key=True), col("user_id"), col("day", "DATE")],
+                 "unique_constraints": [["user_id", "day"]]},
+        "notes": entity(col("day_id", sql_type="INTEGER", foreign_key="days(id)")),
+    })
+    assert config.tables["notes"].column("day_id").foreign_key.natural_key == ("user_id", "day")
+    assert config.tables["days"].identity == ("user_id", "day")
+
+
+def test_moments_tables_are_selected_together(tmp_path):
+    config = load_config(ROOT / "config" / "schemas.yaml")
+    names = [t.name for t in config.ordered(["users_logbooks_moments_details"])]
+    assert names == ["users_logbooks_moments", "users_logbooks_moments_details"]
 
 
 def test_unique_constraint_on_unknown_column_is_an_error(tmp_path):

@@ -1,16 +1,20 @@
 """Transform stage: DuckDB SQL over the staged snapshots -> one Parquet file per target table.
 
 Per table, in load order:
-  1. the strategy's SQL file (loader/transform/sql/) selects the documents of the table;
+  1. the strategy's SQL file (loader/transform/sql/) selects the table's records: one small JSON
+     document per future row, or a record without row (`_dropped`: a skip or a warning);
   2. the typing step converts and checks every column (loader/transform/typing.py);
   3. foreign keys are checked against the rows accepted for the parent tables (C10): a dangling
      nullable reference is nulled with a warning, a dangling required one rejects the row;
-  4. accepted rows go to staging/tables/<table>.parquet, rejects and warnings with their reason
-     to staging/issues/<table>.parquet, counts to staging/transform.json.
+  4. UPSERT-KEY tables merge their rows per key with the "latest timestamps" rule (5.5);
+  5. accepted rows go to staging/tables/<table>.parquet, rejects, skips and warnings with their
+     reason to staging/issues/<table>.parquet, the keys whose rows the load replaces to
+     staging/scopes/<table>.parquet, counts to staging/transform.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +25,10 @@ from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
+from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
 from loader.staging import Staging, utc_now
-from loader.transform.typing import TransformError, source_columns, typed_rows_sql
+from loader.transform.typing import TransformError, carried_columns, source_columns, typed_rows_sql
 
 SQL_DIR = files("loader.transform").joinpath("sql")
 
@@ -31,10 +36,10 @@ SQL_DIR = files("loader.transform").joinpath("sql")
 @dataclass
 class TableResult:
     table: str
-    status: str  # "done" | "pending" (strategy not implemented yet)
-    documents: int = 0
+    documents: int = 0  # source documents (parents, candidates) the table was derived from
     rows: int = 0
     rejected: int = 0
+    skipped: int = 0
     warnings: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -44,12 +49,8 @@ def transform(settings: Settings, config: Config, staging: Staging, tables: list
     con = duck.connect(spill_dir=staging.tmp_dir)
     _register_sources(con, staging, config.collections(tables))
     accepted: dict[str, str] = {}  # table -> relation holding its accepted rows in this run
-    results = []
-    for table in tables:
-        if table.strategy.sql is None:
-            results.append(TableResult(table.name, "pending"))
-            continue
-        results.append(_transform_table(con, settings, staging, table, accepted))
+    prepared: set[str] = set()  # shared passes already run (moments_pass.sql)
+    results = [_transform_table(con, settings, staging, table, accepted, prepared) for table in tables]
     previous = staging.read_transform_report()["tables"] if staging.transform_report_path.exists() else {}
     staging.write_transform_report(
         {
@@ -69,62 +70,93 @@ def _register_sources(con, staging: Staging, collections: dict[str, set[str]]) -
         )
 
 
-def strategy_sql(table: Table) -> str:
-    """The strategy's SQL with its placeholders bound to the staged source views."""
-    template = SQL_DIR.joinpath(table.strategy.sql).read_text(encoding="utf-8")
-    views = {f"src_{c}": q(f"src_{c}") for c in table.sources()}
-    return template.format(src=q(f"src_{table.collection}"), collection=sql_literal(table.collection), **views)
+def placeholders(table: Table, staging: Staging, accepted: dict[str, str], timezone: str) -> dict[str, str]:
+    """Values of the placeholders of a strategy's SQL: {src} and {src_<collection>} (staged
+    sources), {collection}, {timezone}, {parent_<table>} (accepted rows of a referenced table)
+    and, for relationship strategies, {arrays}, {parent_column}, {element_column}, {element_date}."""
+    strategy = table.strategy
+    values = {
+        "src": q(f"src_{table.collection}"),
+        "collection": sql_literal(table.collection),
+        "timezone": sql_literal(timezone),
+        **{f"src_{c}": q(f"src_{c}") for c in table.sources()},
+        **{f"parent_{c.foreign_key.table}": _parent_rows(c, staging, accepted) for c in table.foreign_keys},
+    }
+    if strategy.arrays:
+        values |= {
+            "arrays": ", ".join(
+                f"({sql_literal(a.name)}, {sql_literal(a.key)}, CAST({sql_literal(json.dumps(a.constants))} AS JSON))"
+                for a in strategy.arrays
+            ),
+            "parent_column": sql_literal(strategy.parent_column),
+            "element_column": sql_literal(strategy.element_column),
+            "element_date": "true" if strategy.element_date else "false",
+        }
+    return values
 
 
-def _transform_table(con, settings: Settings, staging: Staging, table: Table, accepted: dict[str, str]) -> TableResult:
+def sql_file(name: str, values: dict[str, str]) -> str:
+    return SQL_DIR.joinpath(name).read_text(encoding="utf-8").format(**values)
+
+
+def _transform_table(
+    con, settings: Settings, staging: Staging, table: Table, accepted: dict[str, str], prepared: set[str]
+) -> TableResult:
     clock = time.perf_counter()
-    name = table.name
-    documents_sql = strategy_sql(table)
+    name, strategy = table.name, table.strategy
+    values = placeholders(table, staging, accepted, settings.source_timezone)
+    if strategy.prepare and strategy.prepare not in prepared:
+        duck.run(con, sql_file(strategy.prepare, values))
+        prepared.add(strategy.prepare)
+
+    records = q(f"records_{name}")
+    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {records} AS {sql_file(strategy.sql, values)}")
     typed = q(f"typed_{name}")
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {typed} AS {typed_rows_sql(table, documents_sql, settings.source_timezone)}")
-    documents = con.execute(f"SELECT count(*) FROM {typed}").fetchall()[0][0]  # one typed row per document
-
+    rows_sql = typed_rows_sql(table, f"SELECT * FROM {records} WHERE _dropped IS NULL", settings.source_timezone, table.latest_columns)
+    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {typed} AS {rows_sql}")
     checked = q(f"checked_{name}")
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {checked} AS {_foreign_key_sql(table, typed, staging, accepted)}")
+    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {checked} AS {_merge_check_sql(table, _foreign_key_sql(table, typed, staging, accepted))}")
 
-    columns = ", ".join(q(c.name) for c in source_columns(table))
     rows_file = staging.table_file(name)
-    _copy_atomically(con, f"SELECT {columns} FROM {checked} WHERE _problem IS NULL", rows_file)
+    _copy_atomically(con, _accepted_rows_sql(table, checked), rows_file)
     accepted[name] = f"read_parquet({sql_literal(str(rows_file))})"
-    _copy_atomically(con, _issues_sql(table, checked), staging.issues_file(name))
+    _copy_atomically(con, _issues_sql(table, checked, records), staging.issues_file(name))
+    if strategy.scope_sql:
+        _copy_atomically(con, strategy.scope_sql.format(**values), staging.scope_file(name))
+        documents = _count(con, _read(staging.scope_file(name)))
+    else:
+        documents = _count(con, records)
 
-    rows, rejected = con.execute(
-        f"SELECT count(*) FILTER (WHERE _problem IS NULL), count(*) FILTER (WHERE _problem IS NOT NULL) FROM {checked}"
-    ).fetchall()[0]
+    kinds = dict(con.execute(f"SELECT kind, count(*) FROM {_read(staging.issues_file(name))} GROUP BY kind").fetchall())
     reasons = dict(
-        con.execute(
-            f"SELECT reason, count(*) FROM read_parquet({sql_literal(str(staging.issues_file(name)))}) GROUP BY reason ORDER BY reason"
-        ).fetchall()
+        con.execute(f"SELECT reason, count(*) FROM {_read(staging.issues_file(name))} GROUP BY reason ORDER BY reason").fetchall()
     )
-    warnings = sum(n for reason, n in reasons.items() if _is_warning(reason))
-    duck.run(con, f"DROP TABLE {typed}")
+    for relation in (records, typed, checked):
+        duck.run(con, f"DROP TABLE {relation}")
     return TableResult(
         table=name,
-        status="done",
         documents=documents,
-        rows=rows,
-        rejected=rejected,
-        warnings=warnings,
+        rows=_count(con, _read(rows_file)),
+        rejected=kinds.get(REJECT, 0),
+        skipped=kinds.get(SKIP, 0),
+        warnings=kinds.get(WARNING, 0),
         reasons=reasons,
         seconds=round(time.perf_counter() - clock, 3),
     )
 
 
-WARNING_REASONS = ("bad_reference", "fk_nulled:")
+def _count(con, relation: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
 
 
-def _is_warning(reason: str) -> bool:
-    return reason.startswith(WARNING_REASONS)
+def _read(path: Path) -> str:
+    return f"read_parquet({sql_literal(str(path))})"
 
 
 def _foreign_key_sql(table: Table, typed: str, staging: Staging, accepted: dict[str, str]) -> str:
     """Null dangling nullable references (warning fk_nulled), reject dangling required ones."""
-    checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name]
+    # References to a generated key are checked by the strategy (moments: no_users_logbook_match).
+    checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.foreign_key.natural_key]
     if not checks:
         return f"SELECT * FROM {typed}"
     replaced, problems, warnings = [], [], []
@@ -162,16 +194,47 @@ def _parent_rows(column: Column, staging: Staging, accepted: dict[str, str]) -> 
     return f"read_parquet({sql_literal(str(path))})"
 
 
-def _issues_sql(table: Table, checked: str) -> str:
-    """One record per reject (`_problem`) and per warning of an accepted row (C10)."""
+def _merge_check_sql(table: Table, checked: str) -> str:
+    """UPSERT-KEY (5.5): a key whose merged timestamps are all NULL rejects each of its rows."""
+    if not table.latest_columns:
+        return checked
+    key = ", ".join(q(c) for c in table.natural_key)
+    problems = ", ".join(
+        f"CASE WHEN max(CASE WHEN _problem IS NULL THEN {q(c)} END) OVER (PARTITION BY {key}) IS NULL "
+        f"THEN {{'column': {sql_literal(c)}, 'reason': {sql_literal('not_null:' + c)}, 'value': CAST(NULL AS VARCHAR)}} END"
+        for c in table.latest_columns
+    )
+    return f"SELECT * REPLACE (coalesce(_problem, {problems}) AS _problem) FROM ({checked})"
+
+
+def _accepted_rows_sql(table: Table, checked: str) -> str:
+    """The rows to load; UPSERT-KEY rows merged per key with the greatest timestamps (5.5)."""
+    columns = [c.name for c in source_columns(table)] + carried_columns(table)
+    if not table.latest_columns:
+        return f"SELECT {', '.join(map(q, columns))} FROM {checked} WHERE _problem IS NULL"
+    latest = table.latest_columns
+    order = f"row({', '.join(q(c) for c in latest)}, _source_id)"
+    merged = [
+        q(c) if c in table.natural_key else f"max({q(c)}) AS {q(c)}" if c in latest else f"arg_max({q(c)}, {order}) AS {q(c)}"
+        for c in columns
+    ]
+    return f"SELECT {', '.join(merged)} FROM {checked} WHERE _problem IS NULL GROUP BY {', '.join(q(c) for c in table.natural_key)}"
+
+
+def _issues_sql(table: Table, checked: str, records: str) -> str:
+    """One record per reject (`_problem`), per warning of an accepted row, and per record the
+    strategy dropped (a skip or a warning, C10, 4.8)."""
+    name = sql_literal(table.name)
     return f"""
-SELECT {sql_literal(table.name)} AS "table", _source_collection AS source_collection, _source_id AS source_id,
+SELECT {name} AS "table", _source_collection AS source_collection, _source_id AS source_id,
        'reject' AS kind, _problem.reason AS reason, _problem."column" AS "column", _problem.value AS value
 FROM {checked} WHERE _problem IS NOT NULL
 UNION ALL
-SELECT {sql_literal(table.name)}, _source_collection, _source_id,
-       'warning', w.reason, w."column", w.value
+SELECT {name}, _source_collection, _source_id, 'warning', w.reason, w."column", w.value
 FROM (SELECT _source_collection, _source_id, unnest(_warnings) AS w FROM {checked} WHERE _problem IS NULL)
+UNION ALL
+SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, left(CAST(d AS VARCHAR), 200)
+FROM {records} WHERE _dropped IS NOT NULL
 ORDER BY 4, 5, 3"""
 
 

@@ -8,7 +8,7 @@ For every column: the raw JSON value (mapped field, then fallbacks: C3, C4), the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loader.config import Column, Table
 from loader.duck import sql_identifier as q
@@ -78,13 +78,28 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
 
 
 def source_columns(table: Table) -> list[Column]:
-    """Columns read from the documents (generated columns excluded)."""
-    return [c for c in table.columns if c.family != "generated"]
+    """Columns read from the documents: not generated, and not references to a generated key
+    (those are staged as their natural key, see `carried_columns`)."""
+    return [c for c in table.columns if c.family != "generated" and not _resolved_at_load(c)]
 
 
-def typed_rows_sql(table: Table, documents: str, timezone: str) -> str:
-    """Typed columns plus `_problem` (first reject) and `_warnings`, from a strategy's documents."""
-    columns = source_columns(table)
+def carried_columns(table: Table) -> list[str]:
+    """Natural-key values of references to a generated key, `<column>__<parent key column>`,
+    given by the strategy SQL and resolved to the generated id by the load stage."""
+    return [f"{c.name}__{key}" for c in table.columns if _resolved_at_load(c) for key in c.foreign_key.natural_key]
+
+
+def _resolved_at_load(column: Column) -> bool:
+    return column.foreign_key is not None and bool(column.foreign_key.natural_key)
+
+
+def typed_rows_sql(table: Table, documents: str, timezone: str, deferred_not_null: tuple[str, ...] = ()) -> str:
+    """Typed columns plus `_problem` (first reject) and `_warnings`, from a strategy's documents.
+
+    Columns in `deferred_not_null` may be NULL here: their NOT NULL is checked after merging.
+    """
+    columns = [replace(c, nullable=True) if c.name in deferred_not_null else c for c in source_columns(table)]
+    carried = "".join(f"{q(name)}, " for name in carried_columns(table))
     paths = sorted({field for c in columns for field in c.sources})
     index = {field: i + 1 for i, field in enumerate(paths)}
     path_list = "[" + ", ".join(sql_literal(f'$."{field}"') for field in paths) + "]"
@@ -111,12 +126,12 @@ def typed_rows_sql(table: Table, documents: str, timezone: str) -> str:
     return f"""
 WITH docs AS ({documents}),
 raw AS (
-    SELECT _source_id, _source_collection, {raw_cols}
+    SELECT _source_id, _source_collection, {carried}{raw_cols}
     FROM (SELECT *, json_extract(d, {path_list}) AS f FROM docs)
 ),
 converted AS (SELECT *, {value_cols} FROM raw),
 checked AS (SELECT *, {check_cols} FROM converted)
-SELECT _source_id, _source_collection, {final_cols},
+SELECT _source_id, _source_collection, {carried}{final_cols},
        {problems} AS _problem,
        {warnings} AS _warnings
 FROM checked"""

@@ -24,6 +24,7 @@ SELECT r._id AS _source_id, 'appointments' AS _source_collection,
        json_merge_patch(r.d, json_object(
            'user', coalesce(bson_nn(json_extract(r.d, '$.user')), c.coaching_user),
            'order', coalesce(bson_nn(json_extract(r.d, '$.order')), to_json(r.rank_in_coaching))
-       )) AS d
+       )) AS d,
+       NULL AS _dropped
 FROM ranked r
 LEFT JOIN coachings c USING (coaching_id)

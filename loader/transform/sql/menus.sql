@@ -10,7 +10,7 @@ WITH candidates AS (
     SELECT _id, creation_date, update_date, 'menus', CAST(doc AS JSON)
     FROM {src_menus}
 )
-SELECT _id AS _source_id, _source_collection, d
+SELECT _id AS _source_id, _source_collection, d, NULL AS _dropped
 FROM candidates
 QUALIFY row_number() OVER (
     PARTITION BY _id

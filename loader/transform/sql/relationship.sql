@@ -1,0 +1,54 @@
+-- Relationship tables (DELETE-INSERT, MAPPING.md 3.14, 3.16, 3.17, 3.23, 3.27, 3.31, 3.32, 5.6):
+-- one row per distinct reference in the parent document's array(s).
+--   * elements are normalised with C5 (ObjectId, 24-hex string, or embedded document: the
+--     array's key, else _id); an element that does not normalise is dropped (bad_reference);
+--   * a reference repeated inside one array keeps its first occurrence (duplicate_in_source);
+--   * a field that is present but not an array gives no rows (bad_reference);
+--   * created_at is the parent's creation_date, or for user_events the element's `date` when it
+--     has one; updated_at is the parent's update_date, else created_at.
+-- Each row is passed to the typing step as a small document whose fields are the ones the YAML
+-- maps to the table's columns (parent column, element column, creation_date, update_date and
+-- constant columns such as users_targets.type). `_dropped` gives the reason of a dropped element.
+WITH parents AS (
+    SELECT _id, CAST(doc AS JSON) AS d FROM {src}
+),
+arrays(name, ref_key, constants) AS (VALUES {arrays}),
+fields AS (
+    SELECT p._id, p.d, a.name, a.ref_key, a.constants, json_extract(p.d, '$."' || a.name || '"') AS value
+    FROM parents p CROSS JOIN arrays a
+),
+elements AS (
+    SELECT _id, d, name, ref_key, constants,
+           unnest(json_extract(value, '$[*]')) AS element,
+           unnest(range(1, CAST(json_array_length(value) AS BIGINT) + 1)) AS position
+    FROM fields
+    WHERE json_type(value) = 'ARRAY'
+),
+normalised AS (
+    SELECT *, bson_ref(element, ref_key) AS target
+    FROM elements
+),
+numbered AS (
+    SELECT *,
+           row_number() OVER (PARTITION BY _id, name, target ORDER BY position) AS occurrence,
+           coalesce(
+               CASE WHEN {element_date} AND bson_type(element) = 'object' THEN bson_nn(json_extract(element, '$.date')) END,
+               bson_nn(json_extract(d, '$.creation_date'))
+           ) AS created
+    FROM normalised
+)
+SELECT _id AS _source_id, {collection} AS _source_collection,
+       CASE WHEN target IS NULL OR occurrence > 1 THEN element ELSE
+           json_merge_patch(constants, json_object(
+               {parent_column}, _id,
+               {element_column}, target,
+               'creation_date', created,
+               'update_date', coalesce(bson_nn(json_extract(d, '$.update_date')), created)
+           ))
+       END AS d,
+       CASE WHEN target IS NULL THEN 'bad_reference' WHEN occurrence > 1 THEN 'duplicate_in_source' END AS _dropped
+FROM numbered
+UNION ALL
+SELECT _id, {collection}, value, 'bad_reference'
+FROM fields
+WHERE json_type(value) NOT IN ('ARRAY', 'NULL')
