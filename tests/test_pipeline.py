@@ -10,11 +10,17 @@ import pytest
 from conftest import ROOT, fetch_rows, run_loader
 from loader.config import load_config
 from oracle import expected_entities
+from oracle_relations import expected_relations
 
 PLAIN_ENTITY_TABLES = [
     "ingredients", "appointment_types", "companies", "offers", "categories", "targets", "recipes", "quizzs",
     "quizzs_questions", "contents", "events", "users", "menus", "users_quizzs", "messages", "coachings",
     "users_quizzs_questions", "appointments", "periods", "items", "days",
+]
+RELATION_TABLES = [
+    "quizzs_links_questions", "user_events", "users_targets", "users_quizzs_links_questions", "users_contents_reads",
+    "days_contents_links", "days_logbooks_links", "users_logbook", "menu_recipes", "users_logbooks_moments",
+    "users_logbooks_moments_details",
 ]
 
 
@@ -53,6 +59,51 @@ def test_rejected_documents_are_recorded_with_their_reason(loaded, dataset, tabl
     assert dict(issues) == expected.rejects
 
 
+@pytest.fixture(scope="module")
+def relations(dataset):
+    return expected_relations(dataset, tz="Europe/Paris")
+
+
+@pytest.mark.parametrize("table", RELATION_TABLES)
+def test_relation_table_matches_the_mapping(loaded, relations, table):
+    expected = relations[table]
+    actual = {tuple(row[c] for c in expected.key_columns): row for row in _comparable_rows(loaded["env"], table)}
+    expected_rows = {key if isinstance(key, tuple) else (key,): row for key, row in expected.rows.items()}
+    assert expected_rows, f"the generated data gives no {table} rows"
+    missing = sorted(set(expected_rows) - set(actual))
+    extra = sorted(set(actual) - set(expected_rows))
+    differing = {k: (actual[k], v) for k, v in expected_rows.items() if k in actual and actual[k] != v}
+    assert not missing and not extra and not differing, (
+        f"{table}: missing {missing[:5]}, extra {extra[:5]}, differing {list(differing.items())[:3]}"
+    )
+
+
+@pytest.mark.parametrize("table", RELATION_TABLES)
+def test_relation_issues_are_recorded_with_their_reason(loaded, relations, table):
+    expected = relations[table]
+    issues = duckdb.sql(
+        f"SELECT kind, source_id, reason FROM read_parquet('{loaded['staging']}/issues/{table}.parquet')"
+    ).fetchall()
+    assert sorted((i, r) for k, i, r in issues if k == "reject") == sorted(expected.reject_list)
+    assert sorted((i, r) for k, i, r in issues if k == "warning") == sorted(expected.warnings)
+    assert {i: r for k, i, r in issues if k == "skip"} == expected.skips
+
+
+def _comparable_rows(env: dict[str, str], table: str) -> list[dict]:
+    """Rows as the oracle states them: users_logbook without its generated id, moments with the
+    (user_id, day) of their users_logbook row instead of its id."""
+    rows = fetch_rows(env, table)
+    if table == "users_logbook":
+        return [{k: v for k, v in row.items() if k != "id"} for row in rows]
+    if table == "users_logbooks_moments":
+        days = {row["id"]: (row["user_id"], row["day"]) for row in fetch_rows(env, "users_logbook")}
+        return [
+            {**{k: v for k, v in row.items() if k != "user_logbook_id"}, "user_logbook_key": days[row["user_logbook_id"]]}
+            for row in rows
+        ]
+    return rows
+
+
 def test_every_source_document_lands_or_is_rejected(loaded, dataset):
     config = load_config(ROOT / "config" / "schemas.yaml")
     for name in PLAIN_ENTITY_TABLES:
@@ -74,7 +125,7 @@ def test_second_run_changes_nothing(loaded):
 
 
 def test_summary_lists_every_table(loaded):
-    for table in PLAIN_ENTITY_TABLES:
+    for table in PLAIN_ENTITY_TABLES + RELATION_TABLES:
         assert table in loaded["stdout"]
 
 
