@@ -89,6 +89,15 @@ def test_relation_issues_are_recorded_with_their_reason(loaded, relations, table
     assert {i: r for k, i, r in issues if k == "skip"} == expected.skips
 
 
+def test_recommended_indexes_exist(loaded):
+    env = loaded["env"]
+    with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],
+                         user=env["POSTGRES_USER"]) as conn:
+        definitions = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE '%\\_idx'").fetchall()]
+    assert any("users_logbooks_moments_details USING btree (user_logbook_moment_id)" in d for d in definitions), definitions
+    assert any("users_logbooks_moments USING btree (user_logbook_id)" in d for d in definitions), definitions
+
+
 def _comparable_rows(env: dict[str, str], table: str) -> list[dict]:
     """Rows as the oracle states them: users_logbook without its generated id, moments with the
     (user_id, day) of their users_logbook row instead of its id."""
