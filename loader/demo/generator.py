@@ -402,6 +402,13 @@ class _Generator:
             return str(oid).upper()
         return copy.copy(_BAD_REFERENCES[field_name])
 
+    def refs(self, field_name: str, oids: list[ObjectId], key: str | None = None) -> list[Any]:
+        """An array of references; rarely its first element is repeated (duplicate_in_source)."""
+        elements = [self.ref(field_name, oid, key) for oid in oids]
+        if elements and self.quirks.hit(f"{field_name}.duplicate", 0.001):
+            elements.append(copy.copy(elements[0]))
+        return elements
+
     def maybe_dangling(self, field_name: str, oid: ObjectId) -> ObjectId:
         """Rarely replace a reference by the id of a document that does not exist."""
         if self.quirks.hit(f"dangling:{field_name}", _DANGLING_RATE):
@@ -511,7 +518,7 @@ class _Generator:
         created, updated = self.catalogue_stamps()
         doc = self.new("quizzs", created, updated, {
             "name": name, "type": quizz_type,
-            "questions": [self.ref("quizzs.questions", q.id, "question") for q in questions],
+            "questions": self.refs("quizzs.questions", [q.id for q in questions], "question"),
         })
         if quizz_type == LOGBOOK:
             doc["default"] = name == "Petit-déjeuner"
@@ -669,10 +676,15 @@ class _Generator:
         self.registered_events(fields, created)
         for array, probability in (("targets", 0.5), ("specificity_targets", 0.3),
                                    ("health_targets", 0.2)):
-            shape = quirks.pick(f"users.{array}.array", (("filled", probability), ("empty", 0.05)))
-            if shape is not None:
+            shapes = (("filled", probability), ("empty", 0.05))
+            if array == "health_targets":
+                shapes += (("not_an_array", 0.0),)  # a bare id instead of an array: bad_reference
+            shape = quirks.pick(f"users.{array}.array", shapes)
+            if shape == "not_an_array":
+                fields[array] = self.target_ids[0]
+            elif shape is not None:
                 chosen = rng.sample(self.target_ids, rng.randint(1, 3) if shape == "filled" else 0)
-                fields[array] = [self.ref(f"users.{array}", t) for t in chosen]
+                fields[array] = self.refs(f"users.{array}", chosen)
 
     def registered_events(self, fields: dict[str, Any], created: int) -> None:
         shape = self.quirks.pick("users.registered_events.array", (("missing", 0.3), ("empty", 0.1)))
@@ -722,8 +734,7 @@ class _Generator:
         quizz = self.new("userquizzs", created, created, {
             "quizz": self.ref("userquizzs.quizz", template.id), "name": template.name,
             "type": template.type,
-            "questions": [self.ref("userquizzs.questions", q["_id"], "question")
-                          for q in questions],
+            "questions": self.refs("userquizzs.questions", [q["_id"] for q in questions], "question"),
         })
         return quizz, questions
 
@@ -759,10 +770,10 @@ class _Generator:
                 question["numeric_answer"] = rng.randint(0, 12)
         elif question_type == ENUM_SINGLE:
             question["single_enum_answer"] = self.ref(
-                "userquizzquestions.single_enum_answer", rng.choice(template_question.options))
+                "userquizzquestions.single_enum_answer", self.option(rng.choice(template_question.options), at))
         elif question_type == ENUM_MULTIPLE:
-            chosen = rng.sample(template_question.options,
-                                rng.randint(1, len(template_question.options)))
+            chosen = [self.option(o, at) for o in rng.sample(template_question.options,
+                                                             rng.randint(1, len(template_question.options)))]
             question["qcm_answers"] = [self.ref("userquizzquestions.qcm_answers", o) for o in chosen]
         elif question_type == TEXT_MULTIPLE:
             for k in range(rng.randint(1, 3)):
@@ -770,6 +781,10 @@ class _Generator:
                 self.answer_item(question["_id"], text, at + k * 1000)
         if self.quirks.hit("comment", 0.03):
             question["comment"] = rng.choice(_COMMENTS)
+
+    def option(self, item_id: ObjectId, at: int) -> ObjectId:
+        """A chosen option item; rarely one that was deleted since (answer_item_missing, 4.4)."""
+        return self.oid(at) if self.quirks.hit("answer_option_deleted", 0.0005) else item_id
 
     def answer_item(self, question_id: ObjectId, text: str, at: int) -> dict:
         fields: dict[str, Any] = {
@@ -856,18 +871,30 @@ class _Generator:
         quirks = self.quirks
         midnight = _paris_midnight_ms(day)
         created = midnight + self.between(0, 2 * _HOUR)
-        answered = self.rng.random() < _LOGBOOK_ANSWERED_RATE
-        quizz, _ = self.clone(template, created, _QUESTION_ANSWERED_RATE if answered else 0.0,
-                              without_questions=quirks.hit("logbook_without_questions", 0.0005))
-        if quirks.hit("logbook_without_coachinglogbook", 0.0005):
+        # Answered logbooks that break the chain of section 4 (one quirk per logbook): no
+        # questions, a listed question or a question template deleted since, no coaching logbook,
+        # or a coaching logbook whose user is not in `users`.
+        quirk = quirks.pick("logbook", tuple((name, 0.0005) for name in (
+            "without_questions", "question_deleted", "template_deleted", "no_coachinglogbook", "unknown_user")))
+        answered = quirk is not None or self.rng.random() < _LOGBOOK_ANSWERED_RATE
+        quizz, questions = self.clone(template, created, _QUESTION_ANSWERED_RATE if answered else 0.0,
+                                      without_questions=quirk == "without_questions")
+        if quirk == "question_deleted":
+            quizz["questions"].append(self.oid(created))  # question_missing (4.3)
+        elif quirk == "template_deleted" and questions:
+            link = "quizz_question" if "quizz_question" in questions[0] else "quizzQuestion"
+            questions[0][link] = self.oid(created)  # template_missing (4.3)
+        elif quirk == "no_coachinglogbook":
             return quizz["_id"]
+        elif quirk == "unknown_user":
+            user_id = self.oid(created)
         fields = {
             "user": self.ref("coachinglogbooks.user", user_id),
             "day": _dt(midnight),
             "logbook": self.ref("coachinglogbooks.logbook", quizz["_id"]),
             "coaching": self.ref("coachinglogbooks.coaching", coaching_id),
         }
-        if quirks.hit("coachinglogbook_without_user", _CL_WITHOUT_USER_RATE):
+        if quirk is None and quirks.hit("coachinglogbook_without_user", _CL_WITHOUT_USER_RATE):
             del fields["user"]
         self.new("coachinglogbooks", created, created, fields)
         if quirks.hit("duplicate_coachinglogbook", 0.0005):  # two for one userquizz (4.5 step 2)
@@ -883,9 +910,8 @@ class _Generator:
             "period": self.ref("days.period", period_id),
             "is_success": rng.random() < 0.6,
             "date": _dt(midnight),
-            "contents": [self.ref("days.contents", c, "content")
-                         for c in rng.sample(self.content_ids, rng.randint(0, 2))],
-            "main_logbooks": [self.ref("days.main_logbooks", q, "logbook") for q in logbook_ids],
+            "contents": self.refs("days.contents", rng.sample(self.content_ids, rng.randint(0, 2)), "content"),
+            "main_logbooks": self.refs("days.main_logbooks", logbook_ids, "logbook"),
         }
         if logbook_ids and rng.random() < 0.5:
             fields["userQuizz"] = self.ref("days.userQuizz", logbook_ids[0])
