@@ -36,7 +36,9 @@ firsts AS (
     QUALIFY row_number() OVER (PARTITION BY moment_id, question_id ORDER BY position) = 1
 ),
 questions AS (
-    SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions}
+    SELECT id, q,
+           bson_ref(coalesce(bson_nn(json_extract(q, '$.quizz_question')), bson_nn(json_extract(q, '$.quizzQuestion'))), '_id') AS template_id
+    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions})
 ),
 templates AS (
     SELECT _id AS id, coalesce(bson_to_text(bson_nn(json_extract(CAST(doc AS JSON), '$.title'))), '') AS title
@@ -46,8 +48,7 @@ SELECT f.moment_id, f.question_id, f.position, uq.q, t.title,
        CASE WHEN uq.id IS NULL THEN 'question_missing' WHEN t.id IS NULL THEN 'template_missing' END AS status
 FROM firsts f
 LEFT JOIN questions uq ON uq.id = f.question_id
-LEFT JOIN templates t ON t.id = bson_ref(
-    coalesce(bson_nn(json_extract(uq.q, '$.quizz_question')), bson_nn(json_extract(uq.q, '$.quizzQuestion'))), '_id');
+LEFT JOIN templates t ON t.id = uq.template_id;
 
 -- 4.4 step 1: item answers (text neither null nor empty), one detail each.
 CREATE OR REPLACE TEMP TABLE moment_item_answers AS
@@ -74,16 +75,19 @@ WITH pending AS (
       AND NOT EXISTS (SELECT 1 FROM moment_item_answers a WHERE a.moment_id = mq.moment_id AND a.question_id = mq.question_id)
 ),
 choices AS (  -- qcm_answers: option item ids -> texts in array order
-    SELECT moment_id, question_id,
-           unnest(json_extract(q, '$.qcm_answers[*]')) AS element,
-           unnest(range(1, CAST(json_array_length(q, '$.qcm_answers') AS BIGINT) + 1)) AS position
-    FROM pending WHERE json_type(q, '$.qcm_answers') = 'ARRAY'
+    SELECT moment_id, question_id, position, bson_ref(element, '_id') AS item_id
+    FROM (
+        SELECT moment_id, question_id,
+               unnest(json_extract(q, '$.qcm_answers[*]')) AS element,
+               unnest(range(1, CAST(json_array_length(q, '$.qcm_answers') AS BIGINT) + 1)) AS position
+        FROM pending WHERE json_type(q, '$.qcm_answers') = 'ARRAY'
+    )
 ),
 choice_texts AS (
-    SELECT c.moment_id, c.question_id, c.position, bson_ref(c.element, '_id') AS item_id, i.id IS NOT NULL AS found,
-           CASE WHEN i.id IS NULL THEN bson_ref(c.element, '_id') ELSE bson_to_text(bson_nn(json_extract(i.d, '$.text'))) END AS text
-    FROM choices c LEFT JOIN moment_items i ON i.id = bson_ref(c.element, '_id')
-    WHERE bson_ref(c.element, '_id') IS NOT NULL
+    SELECT c.moment_id, c.question_id, c.position, c.item_id, i.id IS NOT NULL AS found,
+           CASE WHEN i.id IS NULL THEN c.item_id ELSE bson_to_text(bson_nn(json_extract(i.d, '$.text'))) END AS text
+    FROM choices c LEFT JOIN moment_items i ON i.id = c.item_id
+    WHERE c.item_id IS NOT NULL
 ),
 joined_choices AS (
     SELECT moment_id, question_id,
