@@ -154,10 +154,10 @@ def tables(config: ConfigPath = None, env_file: EnvFile = None) -> None:
     """Check the mapping file and print the tables in load order."""
     settings, cfg, ordered = _prepare(None, env_file, config=config)
     listing = report.new_table(f"{len(ordered)} tables in load order ({settings.config_path})",
-                            "table", "collection", "strategy", "parents")
+                            "table", "collection", "strategy", "sync", "parents")
     for t in ordered:
         parents = ", ".join(sorted({c.foreign_key.table for c in t.foreign_keys}))
-        listing.add_row(t.name, t.collection, t.strategy.name, parents)
+        listing.add_row(t.name, t.collection, t.strategy.name, t.strategy.kind.replace("_", "-").upper(), parents)
     report.console.print(listing)
 
 

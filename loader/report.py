@@ -61,7 +61,7 @@ class Bars(ProgressHook):
 def new_table(title: str, *columns: str) -> RichTable:
     table = RichTable(title=title, title_justify="left", header_style="bold")
     for i, column in enumerate(columns):
-        numeric = i > 0 and column not in ("reasons", "snapshot", "collection", "strategy", "parents")
+        numeric = i > 0 and column not in ("reasons", "snapshot", "collection", "strategy", "sync", "parents")
         table.add_column(column, justify="right" if numeric else "left")
     return table
 

@@ -262,6 +262,31 @@ def test_check5_worked_example_gives_two_moments_and_six_details(own_source, tar
     ])
 
 
+def test_removed_answers_remove_their_details_and_then_their_moment(own_source, target, tmp_path):
+    """4.6 (and the second half of Appendix B check 6, here with full runs): details are replaced
+    per moment; a candidate that no longer qualifies loses its moment and details."""
+    docs, d = worked_example()
+    own_source.insert(**docs)
+    load(own_source, target, tmp_path)
+    before_a = rows(target, "users_logbooks_moments_details", "*", f"user_logbook_moment_id = '{hx(d['UQ-A'])}'")
+
+    later = T0 + 48 * HOUR
+    questions = own_source.db.userquizzquestions
+    questions.update_one({"_id": d["Q4"]["_id"]}, {"$unset": {"text_answer": ""}, "$set": {"update_date": later}})
+    load(own_source, target, tmp_path)
+    assert rows(target, "users_logbooks_moments_details", "id", f"user_logbook_moment_id = '{hx(d['UQ-B'])}'") == [
+        (hx(d["Q5"]),)
+    ]
+
+    questions.update_one({"_id": d["Q5"]["_id"]}, {"$unset": {"boolean_answer": ""}, "$set": {"update_date": later}})
+    load(own_source, target, tmp_path)
+    assert ids(target, "users_logbooks_moments") == {hx(d["UQ-A"])}
+    assert rows(target, "users_logbooks_moments_details", "id", f"user_logbook_moment_id = '{hx(d['UQ-B'])}'") == []
+    assert rows(target, "users_logbooks_moments_details", "*", f"user_logbook_moment_id = '{hx(d['UQ-A'])}'") == before_a
+    skips = {(r[1], r[2]) for r in issues(tmp_path, "users_logbooks_moments", "skip")}
+    assert skips == {(hx(d["UQ-B"]), "no_answers"), (hx(d["UQ-C"]), "no_answers")}
+
+
 def test_check5_worked_example_in_the_generated_dataset(own_source, target, tmp_path):
     data = generator.generate(size=300, seed=5)
     e = generator.worked_example_ids(data)
