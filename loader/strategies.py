@@ -1,8 +1,9 @@
 """The import strategies of the contract (MAPPING.md C14, 6.3) and what each one reads.
 
 This is the one place that knows, per strategy, which source collections and fields a table
-needs beyond its own column mappings: the extract stage projects them, the transform stage
-selects the SQL that uses them. A table without `import_strategy` is a plain entity table.
+needs beyond its own column mappings (the extract stage projects them), which SQL derives its
+rows (the transform stage), and which keys a run replaces (the load stage). A table without
+`import_strategy` is a plain entity table, or a keyed table merged on its first unique constraint.
 """
 
 from __future__ import annotations

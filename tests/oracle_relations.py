@@ -71,7 +71,6 @@ from oracle import (
     coerce,
     document_id,
     expected_entities,
-    first_present,
     normalize_reference,
     parse_foreign_key,
     parse_sql_type,
@@ -80,7 +79,6 @@ from oracle import (
     to_integer,
     to_local_date,
     to_text,
-    to_timestamp,
     uqq_quizz_question,
 )
 
