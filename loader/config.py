@@ -130,6 +130,15 @@ class Column:
     def is_reference(self) -> bool:
         return self.foreign_key is not None or self.reference
 
+    @property
+    def resolved_at_load(self) -> bool:
+        """A reference to a generated key: staged as the parent's natural key, resolved at load."""
+        return self.foreign_key is not None and bool(self.foreign_key.natural_key)
+
+    def carried(self) -> dict[str, str]:
+        """Parent natural-key column -> the staged column holding its value (`<column>__<key>`)."""
+        return {key: f"{self.name}__{key}" for key in self.foreign_key.natural_key} if self.resolved_at_load else {}
+
 
 @dataclass(frozen=True)
 class Table:

@@ -42,7 +42,7 @@ def index_columns(table: Table) -> list[str]:
     """Columns worth an index beyond the keys (C13's two recommendations): the column a
     delete-and-insert scope deletes by, and references to a generated key."""
     leading = {table.primary_key, *(constraint[0] for constraint in table.unique_constraints)}
-    wanted = [table.strategy.scope_column] + [c.name for c in table.foreign_keys if c.foreign_key.natural_key]
+    wanted = [table.strategy.scope_column] + [c.name for c in table.columns if c.resolved_at_load]
     return [c for c in dict.fromkeys(wanted) if c is not None and c not in leading]
 
 

@@ -33,7 +33,7 @@ from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging
 from loader.strategies import MOMENTS, UPSERT_KEY
-from loader.transform.typing import carried_columns, source_columns
+from loader.transform.typing import staged_columns
 
 COPY_CHUNK_BYTES = 1 << 20
 ident = sql.Identifier
@@ -103,21 +103,23 @@ def _write_units(tables: list[Table]) -> list[list[Table]]:
 
 
 def _load_unit(conn: psycopg.Connection, con, staging: Staging, unit: list[Table], schema: str, hook: ProgressHook) -> list[LoadResult]:
-    clock = time.perf_counter()
     results = []
     with conn.transaction():
         for table in unit:
+            clock = time.perf_counter()
             rows = _stage_incoming(conn, con, staging, table, schema, hook)
             _resolve_generated_keys(conn, table, schema)
             inserted, updated = conn.execute(_merge_sql(table, schema)).fetchone()
-            results.append(LoadResult(table.name, rows=rows, inserted=inserted, updated=updated))
+            results.append(LoadResult(table.name, rows, inserted, updated, seconds=time.perf_counter() - clock))
         # Children first, so that a stale moment loses its details before it goes.
         for table, result in reversed(list(zip(unit, results))):
             if table.strategy.scope_column:
+                clock = time.perf_counter()
                 result.deleted = conn.execute(_delete_stale_sql(table, schema)).rowcount
+                result.seconds += time.perf_counter() - clock
     for result in results:
         result.unchanged = result.rows - result.inserted - result.updated
-        result.seconds = round((time.perf_counter() - clock) / len(results), 3)
+        result.seconds = round(result.seconds, 3)
     return results
 
 
@@ -129,7 +131,7 @@ def _stage_incoming(conn: psycopg.Connection, con, staging: Staging, table: Tabl
     """COPY the staged rows (and the scope, if any) into temporary tables; returns the row count."""
     source = staging.table_file(table.name)
     rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(source))})").fetchall()[0][0]
-    columns = [c.name for c in source_columns(table)] + carried_columns(table)
+    columns = staged_columns(table)
     conn.execute(_incoming_table_sql(table, schema))
     csv_path = staging.tmp_dir / f"{table.name}.csv"
     _write_csv(con, f"SELECT {', '.join(map(sql_identifier, columns))} FROM read_parquet({sql_literal(str(source))})", csv_path)
@@ -160,13 +162,10 @@ def _incoming_table_sql(table: Table, schema: str) -> sql.Composed:
     target = sql.SQL("{}.{}").format(ident(schema), ident(table.name))
     selected = [sql.SQL("t.{}").format(ident(c.name)) for c in table.columns]
     joined = []
-    for column in table.columns:
-        fk = column.foreign_key
-        if fk is None or not fk.natural_key:
-            continue
+    for column in (c for c in table.columns if c.resolved_at_load):
         alias = ident(f"p_{column.name}")
-        joined.append(sql.SQL("{}.{} AS {}").format(ident(schema), ident(fk.table), alias))
-        selected += [sql.SQL("{}.{} AS {}").format(alias, ident(k), ident(f"{column.name}__{k}")) for k in fk.natural_key]
+        joined.append(sql.SQL("{}.{} AS {}").format(ident(schema), ident(column.foreign_key.table), alias))
+        selected += [sql.SQL("{}.{} AS {}").format(alias, ident(k), ident(staged)) for k, staged in column.carried().items()]
     return sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
         _incoming(table), sql.SQL(", ").join(selected), sql.SQL(", ").join([sql.SQL("{} AS t").format(target), *joined])
     )
@@ -174,13 +173,9 @@ def _incoming_table_sql(table: Table, schema: str) -> sql.Composed:
 
 def _resolve_generated_keys(conn: psycopg.Connection, table: Table, schema: str) -> None:
     """Fill references to a generated key (users_logbook.id) from the parent's natural key."""
-    for column in table.columns:
+    for column in (c for c in table.columns if c.resolved_at_load):
         fk = column.foreign_key
-        if fk is None or not fk.natural_key:
-            continue
-        match = sql.SQL(" AND ").join(
-            sql.SQL("p.{} = i.{}").format(ident(k), ident(f"{column.name}__{k}")) for k in fk.natural_key
-        )
+        match = sql.SQL(" AND ").join(sql.SQL("p.{} = i.{}").format(ident(k), ident(staged)) for k, staged in column.carried().items())
         conn.execute(
             sql.SQL("UPDATE {} AS i SET {} = p.{} FROM {}.{} AS p WHERE {}").format(
                 _incoming(table), ident(column.name), ident(fk.column), ident(schema), ident(fk.table), match

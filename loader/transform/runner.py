@@ -28,7 +28,7 @@ from loader.duck import sql_literal
 from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
 from loader.staging import Staging, utc_now
-from loader.transform.typing import TransformError, carried_columns, source_columns, typed_rows_sql
+from loader.transform.typing import TransformError, staged_columns, typed_rows_sql
 
 SQL_DIR = files("loader.transform").joinpath("sql")
 
@@ -119,7 +119,7 @@ def _transform_table(
 
     rows_file = staging.table_file(name)
     _copy_atomically(con, _accepted_rows_sql(table, checked), rows_file)
-    accepted[name] = f"read_parquet({sql_literal(str(rows_file))})"
+    accepted[name] = _read(rows_file)
     _copy_atomically(con, _issues_sql(table, checked, records), staging.issues_file(name))
     if strategy.scope_sql:
         _copy_atomically(con, strategy.scope_sql.format(**values), staging.scope_file(name))
@@ -156,7 +156,7 @@ def _read(path: Path) -> str:
 def _foreign_key_sql(table: Table, typed: str, staging: Staging, accepted: dict[str, str]) -> str:
     """Null dangling nullable references (warning fk_nulled), reject dangling required ones."""
     # References to a generated key are checked by the strategy (moments: no_users_logbook_match).
-    checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.foreign_key.natural_key]
+    checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.resolved_at_load]
     if not checks:
         return f"SELECT * FROM {typed}"
     replaced, problems, warnings = [], [], []
@@ -191,7 +191,7 @@ def _parent_rows(column: Column, staging: Staging, accepted: dict[str, str]) -> 
     path = staging.table_file(parent)
     if not path.exists():
         raise TransformError(f"column '{column.name}' references '{parent}', which has not been transformed yet")
-    return f"read_parquet({sql_literal(str(path))})"
+    return _read(path)
 
 
 def _merge_check_sql(table: Table, checked: str) -> str:
@@ -209,7 +209,7 @@ def _merge_check_sql(table: Table, checked: str) -> str:
 
 def _accepted_rows_sql(table: Table, checked: str) -> str:
     """The rows to load; UPSERT-KEY rows merged per key with the greatest timestamps (5.5)."""
-    columns = [c.name for c in source_columns(table)] + carried_columns(table)
+    columns = staged_columns(table)
     if not table.latest_columns:
         return f"SELECT {', '.join(map(q, columns))} FROM {checked} WHERE _problem IS NULL"
     latest = table.latest_columns

@@ -80,17 +80,18 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
 def source_columns(table: Table) -> list[Column]:
     """Columns read from the documents: not generated, and not references to a generated key
     (those are staged as their natural key, see `carried_columns`)."""
-    return [c for c in table.columns if c.family != "generated" and not _resolved_at_load(c)]
+    return [c for c in table.columns if c.family != "generated" and not c.resolved_at_load]
 
 
 def carried_columns(table: Table) -> list[str]:
-    """Natural-key values of references to a generated key, `<column>__<parent key column>`,
-    given by the strategy SQL and resolved to the generated id by the load stage."""
-    return [f"{c.name}__{key}" for c in table.columns if _resolved_at_load(c) for key in c.foreign_key.natural_key]
+    """Natural-key values of references to a generated key, given by the strategy SQL and
+    resolved to the generated id by the load stage."""
+    return [name for c in table.columns for name in c.carried().values()]
 
 
-def _resolved_at_load(column: Column) -> bool:
-    return column.foreign_key is not None and bool(column.foreign_key.natural_key)
+def staged_columns(table: Table) -> list[str]:
+    """The columns of staging/tables/<table>.parquet."""
+    return [c.name for c in source_columns(table)] + carried_columns(table)
 
 
 def typed_rows_sql(table: Table, documents: str, timezone: str, deferred_not_null: tuple[str, ...] = ()) -> str:
