@@ -1,4 +1,5 @@
-"""Acceptance checks 2, 3, 4, 5, 7 and 8 of MAPPING.md Appendix B, end to end.
+"""Acceptance checks 2, 3, 4, 5, 7 and 8 of MAPPING.md Appendix B, end to end, and the removal
+path of moments and details (4.6).
 
 Each test writes its own small handcrafted MongoDB database (named after the test) on the session
 SecantusDB server, runs `loader run` into its own empty PostgreSQL database and staging directory,
