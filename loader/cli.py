@@ -50,6 +50,10 @@ PgSchema = Annotated[Optional[str], typer.Option("--schema", help="Target Postgr
 Timezone = Annotated[Optional[str], typer.Option("--timezone", help="Zone of DATE columns [env SOURCE_TIMEZONE; default Europe/Paris].")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Documents per read batch [env BATCH_SIZE; default 5000].")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+ForceReimport = Annotated[bool, typer.Option(
+    "--force-reimport", help="This run only: re-import the selected tables whole, as `force_reimport: true` would.")]
+Truncate = Annotated[bool, typer.Option(
+    "--truncate", help="With --force-reimport: TRUNCATE ... CASCADE each selected table first (as `truncate_before_import`).")]
 
 
 def fails_cleanly(command):
@@ -89,29 +93,38 @@ def _prepare(tables: list[str] | None, env_file: Path | None, **flags: object) -
     return settings, config, config.ordered(tables)
 
 
+def _forced(tables: list[Table], force: bool, truncate: bool) -> tuple[frozenset[str], frozenset[str]]:
+    if truncate and not force:
+        _fail("--truncate only applies together with --force-reimport")
+    forced = pipeline.forced_tables(tables, force)
+    return forced, forced if truncate else frozenset()
+
+
 # ---------------------------------------------------------------- commands
 @app.command()
 @fails_cleanly
 def extract(
     table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
     mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None, batch_size: BatchSize = None,
-    no_progress: NoProgress = False,
+    no_progress: NoProgress = False, force_reimport: ForceReimport = False,
 ) -> None:
-    """Read the collections the mapping needs into staging/snapshots (Parquet) and the manifest."""
+    """Stage what changed in the collections the mapping needs (the first time, or forced: all of
+    it) as snapshots in staging/snapshots, recorded in staging/manifest.json."""
     settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, mongodb_url=mongodb_url,
                                      mongodb_database=mongodb_database, batch_size=batch_size)
-    pipeline.extract(settings, cfg, tables, progress=not no_progress)
+    pipeline.extract(settings, cfg, tables, progress=not no_progress, force=_forced(tables, force_reimport, False)[0])
 
 
 @app.command()
 @fails_cleanly
 def transform(
     table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
-    timezone: Timezone = None,
+    timezone: Timezone = None, force_reimport: ForceReimport = False,
 ) -> None:
-    """Compute every target table from the staged snapshots with DuckDB (staging/tables, staging/issues)."""
+    """Derive the target tables from the staged snapshots with DuckDB, re-deriving only what the
+    changed documents affect (staging/derived, staging/tables, staging/issues)."""
     settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, timezone=timezone)
-    pipeline.transform(settings, cfg, tables)
+    pipeline.transform(settings, cfg, tables, force=_forced(tables, force_reimport, False)[0])
 
 
 @app.command()
@@ -120,13 +133,14 @@ def load(
     table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
     postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
     postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
-    no_progress: NoProgress = False,
+    no_progress: NoProgress = False, force_reimport: ForceReimport = False, truncate: Truncate = False,
 ) -> None:
-    """Create missing tables, then COPY and merge each staged table into PostgreSQL, parents first."""
+    """Create missing tables, then write into PostgreSQL what differs from the staged tables, parents first."""
     settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, postgres_host=postgres_host,
                                      postgres_port=postgres_port, postgres_database=postgres_database,
                                      postgres_user=postgres_user, postgres_password=postgres_password, schema=schema)
-    pipeline.load(settings, cfg, tables, progress=not no_progress)
+    force, truncated = _forced(tables, force_reimport, truncate)
+    pipeline.load(settings, cfg, tables, progress=not no_progress, force=force, truncate=truncated)
 
 
 @app.command()
@@ -137,15 +151,35 @@ def run(
     postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
     postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
     timezone: Timezone = None, batch_size: BatchSize = None, no_progress: NoProgress = False,
+    force_reimport: ForceReimport = False, truncate: Truncate = False,
 ) -> None:
-    """extract, transform and load in one go, with a summary at the end."""
+    """extract, transform and load in one go (incremental after the first run), with a summary at the end."""
     settings, cfg, tables = _prepare(
         table, env_file, config=config, staging=staging, mongodb_url=mongodb_url, mongodb_database=mongodb_database,
         postgres_host=postgres_host, postgres_port=postgres_port, postgres_database=postgres_database,
         postgres_user=postgres_user, postgres_password=postgres_password, schema=schema, timezone=timezone,
         batch_size=batch_size,
     )
-    pipeline.run(settings, cfg, tables, progress=not no_progress)
+    force, truncated = _forced(tables, force_reimport, truncate)
+    pipeline.run(settings, cfg, tables, progress=not no_progress, force=force, truncate=truncated)
+
+
+@app.command()
+@fails_cleanly
+def rebuild(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+    timezone: Timezone = None, no_progress: NoProgress = False, truncate: Truncate = False,
+) -> None:
+    """Recreate the tables (all, or --table) from the staged snapshots, without MongoDB: re-derive
+    them whole and load them in full (rows no longer staged are deleted)."""
+    settings, cfg, tables = _prepare(
+        table, env_file, config=config, staging=staging, postgres_host=postgres_host, postgres_port=postgres_port,
+        postgres_database=postgres_database, postgres_user=postgres_user, postgres_password=postgres_password,
+        schema=schema, timezone=timezone,
+    )
+    pipeline.rebuild(settings, cfg, tables, progress=not no_progress, truncate=_forced(tables, True, truncate)[1])
 
 
 @app.command()

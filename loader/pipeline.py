@@ -1,4 +1,9 @@
-"""The three stages as the CLI and the demo run them: progress bars, then a summary table."""
+"""The three stages as the CLI and the demo run them: progress bars, then a summary table.
+
+`force` names the tables of a forced re-import (MAPPING.md 5.7; the flag of one run, or the
+tables' `force_reimport`): their collections are extracted whole, the tables re-derived whole
+and loaded in full. `truncate` names those emptied first (5.8, only together with force).
+"""
 
 from __future__ import annotations
 
@@ -10,36 +15,59 @@ from loader.settings import Settings
 from loader.staging import Snapshot, Staging
 from loader.transform import runner
 
+NOTHING: frozenset[str] = frozenset()
 
-def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True) -> list[Snapshot]:
+
+def forced_tables(tables: list[Table], force: bool) -> frozenset[str]:
+    """The tables a run re-imports whole: all of them with the flag, else those whose config
+    says force_reimport."""
+    return frozenset(t.name for t in tables if force or t.force_reimport)
+
+
+def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
+            force: frozenset[str] = NOTHING) -> list[Snapshot]:
     staging = Staging(settings.staging_dir)
+    full = set(config.collections([t for t in tables if t.name in force or t.force_reimport]))
     with report.progress_bars("docs") as bars:
-        snapshots = mongo.extract(settings, staging, config.collections(tables), report.Bars(bars) if progress else None)
+        snapshots = mongo.extract(settings, staging, config.collections(tables), report.Bars(bars) if progress else None, full=full)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
 
 
-def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True) -> list[runner.TableResult]:
-    results = runner.transform(settings, config, Staging(settings.staging_dir), tables)
+def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True,
+              force: frozenset[str] = NOTHING) -> list[runner.TableResult]:
+    results = runner.transform(settings, config, Staging(settings.staging_dir), tables, force=force)
     if summary:
         report.console.print(report.transform_summary(results))
     return results
 
 
-def load(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True) -> list[writer.LoadResult]:
+def load(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
+         force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
     staging = Staging(settings.staging_dir)
     with report.progress_bars("rows") as bars:
-        results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None)
+        results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None, force=force, truncate=truncate)
     if summary:
-        report.console.print(report.load_summary(results, staging.read_transform_report()["tables"]))
+        report.console.print(report.load_summary(results, staging.transform_state()))
     return results
 
 
-def run(settings: Settings, config: Config, tables: list[Table], progress: bool = True) -> list[writer.LoadResult]:
+def run(settings: Settings, config: Config, tables: list[Table], progress: bool = True,
+        force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
     """Extract, transform and load; both servers are checked first so that neither fails late."""
     mongo.connect(settings).close()
     writer.connect(settings).close()
-    extract(settings, config, tables, progress=progress, summary=False)
-    transform(settings, config, tables, summary=False)
-    return load(settings, config, tables, progress=progress)
+    extract(settings, config, tables, progress=progress, summary=False, force=force)
+    transform(settings, config, tables, summary=False, force=force)
+    return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
+
+
+def rebuild(settings: Settings, config: Config, tables: list[Table], progress: bool = True,
+            truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
+    """Every selected table re-derived from the staged snapshots and loaded in full, without
+    reading MongoDB."""
+    writer.connect(settings).close()
+    everything = frozenset(t.name for t in tables)
+    transform(settings, config, tables, summary=False, force=everything)
+    return load(settings, config, tables, progress=progress, force=everything, truncate=truncate)

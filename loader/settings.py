@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     postgres_schema: str = Field("public", alias="POSTGRES_SCHEMA")
     source_timezone: str = Field("Europe/Paris", alias="SOURCE_TIMEZONE")
     batch_size: int = Field(5000, alias="BATCH_SIZE", gt=0)
+    # Deltas start this many seconds before the watermark (clock skew between app servers, 5.2).
+    watermark_overlap_seconds: int = Field(0, alias="WATERMARK_OVERLAP_SECONDS", ge=0)
     # Seconds to wait for a server before giving up with a one-line error.
     connect_timeout: int = Field(5, alias="CONNECT_TIMEOUT", gt=0)
     staging_dir: Path = Field(Path("staging"), alias="LOADER_STAGING_DIR")

@@ -1,16 +1,25 @@
 """The staging area: the only interface between the stages.
 
     staging/
-      manifest.json                               snapshots per collection (written atomically)
-      snapshots/<collection>/<snapshot_id>/        one complete extract of a collection
-          part-00000.parquet ...                   _id, creation_date, update_date, doc (Extended JSON)
-          rejects.parquet                          documents that could not be decoded (if any)
-      tables/<table>.parquet                       transform output: the rows to load
-      issues/<table>.parquet                       transform rejects, skips and warnings with reasons
-      scopes/<table>.parquet                       keys whose rows the load replaces (relationship
-                                                   parents, moments candidates)
-      transform.json                               per-table counts of the last transform
-      tmp/                                         scratch space (DuckDB spill files, COPY streams)
+      manifest.json                      every snapshot of every collection, in order (atomic writes)
+      snapshots/<collection>/<id>/       one snapshot of a collection:
+          part-00000.parquet ...         documents: _id, creation_date, update_date, doc (Extended JSON)
+          tombstones.parquet             _id of documents found deleted (delta snapshots)
+          rejects.parquet                documents that could not be decoded (if any)
+      derived/<table>.parquet            per source unit (document, parent, candidate): its typed
+                                         rows and dropped records, before foreign keys and merging
+      tables/<table>.parquet             transform output: every row the table must hold
+      issues/<table>.parquet             rejects, skips and warnings of those rows, with reasons
+      transform.json                     per table: counts, the snapshots consumed, the output state
+      loaded/<table>/<state>.parquet     the rows PostgreSQL holds (its loader_sync_state names
+                                         the state), the baseline of the next incremental load
+      tmp/                               scratch space (DuckDB spill files, COPY streams)
+
+Snapshots are append-only. A `full` snapshot holds a whole collection; a `delta` holds the
+documents changed since the previous watermark and the tombstones of deleted ones; a `compacted`
+snapshot is the current view rewritten as one base when deltas pile up (it adds no change). The
+current view of a collection is its last base (full or compacted) with the later deltas applied:
+the latest version of every live document.
 
 A snapshot is written under a hidden `.tmp-` directory and renamed into place once complete,
 then recorded in the manifest: readers only ever see complete snapshots.
@@ -18,6 +27,7 @@ then recorded in the manifest: readers only ever see complete snapshots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,14 +35,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-MANIFEST_VERSION = 1
+from loader.duck import parquet_source, sql_literal
+
+MANIFEST_VERSION = 2
+FULL, DELTA, COMPACTED = "full", "delta", "compacted"
+BASES = (FULL, COMPACTED)
+DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
 
 
 @dataclass(frozen=True)
 class Snapshot:
     collection: str
     id: str
-    kind: str  # "full"
+    kind: str  # full | delta | compacted
     documents: int
     rejected: int
     started_at: str
@@ -42,6 +57,14 @@ class Snapshot:
     max_update_date: str | None
     bytes: int
     source_missing: bool  # the collection does not exist in the source
+    deleted: int = 0  # tombstones recorded
+    since: str | None = None  # delta: the documents stamped at or after this instant
+    fields: tuple[str, ...] = ()  # the projection; a different one needs a full snapshot
+
+    @property
+    def watermark(self) -> str | None:
+        stamps = [s for s in (self.max_creation_date, self.max_update_date) if s]
+        return max(stamps) if stamps else None
 
 
 def utc_now() -> datetime:
@@ -70,14 +93,22 @@ class Staging:
     def snapshot_dir(self, collection: str, snapshot_id: str) -> Path:
         return self.root / "snapshots" / collection / snapshot_id
 
+    def derived_file(self, table: str) -> Path:
+        return self.root / "derived" / f"{table}.parquet"
+
     def table_file(self, table: str) -> Path:
         return self.root / "tables" / f"{table}.parquet"
 
     def issues_file(self, table: str) -> Path:
         return self.root / "issues" / f"{table}.parquet"
 
-    def scope_file(self, table: str) -> Path:
-        return self.root / "scopes" / f"{table}.parquet"
+    def table_state(self, table: str) -> str | None:
+        """The identity of a table's staged rows (a hash of tables/<table>.parquet), None before
+        its first transform; PostgreSQL's loader_sync_state records the one it holds."""
+        return file_hash(self.table_file(table))
+
+    def loaded_file(self, table: str, state: str) -> Path:
+        return self.root / "loaded" / table / f"{state}.parquet"
 
     @property
     def transform_report_path(self) -> Path:
@@ -108,27 +139,84 @@ class Staging:
     def read_manifest(self) -> dict:
         if not self.manifest_path.exists():
             return {"version": MANIFEST_VERSION, "collections": {}}
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        return manifest | {"version": MANIFEST_VERSION}
 
     def _write_manifest(self, manifest: dict) -> None:
         write_json_atomically(self.manifest_path, manifest)
 
+    def collections(self) -> list[str]:
+        return sorted(self.read_manifest()["collections"])
+
     def snapshots(self, collection: str) -> list[Snapshot]:
-        return [Snapshot(**s) for s in self.read_manifest()["collections"].get(collection, [])]
+        return [
+            Snapshot(**(s | {"fields": tuple(s.get("fields", ()))}))
+            for s in self.read_manifest()["collections"].get(collection, [])
+        ]
 
-    def latest(self, collection: str) -> Snapshot | None:
-        found = self.snapshots(collection)
-        return found[-1] if found else None
+    def chain(self, collection: str, upto: str | None = None) -> list[Snapshot]:
+        """The snapshots making the current view (or the view as of snapshot `upto`): the last
+        base and the deltas after it."""
+        history = self.snapshots(collection)
+        if upto is not None:
+            history = history[: [s.id for s in history].index(upto) + 1]
+        bases = [i for i, s in enumerate(history) if s.kind in BASES]
+        if not bases:
+            raise StagingError(f"collection '{collection}' has no snapshot in {self.root}: run `loader extract` first")
+        return history[bases[-1]:]
 
-    def snapshot_parts(self, snapshot: Snapshot) -> list[Path]:
+    def watermark(self, collection: str) -> str | None:
+        """The greatest timestamp staged for the collection (the next delta starts there)."""
+        stamps = [s.watermark for s in self.chain(collection) if s.watermark]
+        return max(stamps) if stamps else None
+
+    def document_parts(self, snapshot: Snapshot) -> list[Path]:
         return sorted(self.snapshot_dir(snapshot.collection, snapshot.id).glob("part-*.parquet"))
 
-    def current_parts(self, collection: str) -> list[Path]:
-        """Parquet files holding the current documents of a collection (latest full snapshot)."""
-        snapshot = self.latest(collection)
-        if snapshot is None:
-            raise StagingError(f"collection '{collection}' has no snapshot in {self.root}: run `loader extract` first")
-        return self.snapshot_parts(snapshot)
+    def tombstone_file(self, snapshot: Snapshot) -> Path:
+        return self.snapshot_dir(snapshot.collection, snapshot.id) / "tombstones.parquet"
+
+    def view_sql(self, collection: str, upto: str | None = None) -> str:
+        """A query of the current view (latest version of every live document), or of the view as
+        of snapshot `upto`: the base minus every _id a later delta touched, plus the latest
+        version of those that are still alive."""
+        base, *deltas = self.chain(collection, upto)
+        base_rows = f"SELECT {DOCUMENT_COLUMNS} FROM {parquet_source(self.document_parts(base))}"
+        events = [
+            f"SELECT {DOCUMENT_COLUMNS}, {i} AS _seq FROM {parquet_source(self.document_parts(s))}"
+            for i, s in enumerate(deltas)
+            if s.documents
+        ] + [
+            f"SELECT _id, NULL, NULL, NULL, {i} FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})"
+            for i, s in enumerate(deltas)
+            if s.deleted
+        ]
+        if not events:
+            return base_rows
+        return f"""
+WITH events AS ({' UNION ALL '.join(events)}),
+latest AS (SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY _id ORDER BY _seq DESC) = 1)
+SELECT b.* FROM ({base_rows}) b ANTI JOIN latest USING (_id)
+UNION ALL
+SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
+
+    def changes_since(self, collection: str, consumed: str | None) -> str | None:
+        """A query of the _id of documents changed or deleted after snapshot `consumed`, or None
+        when they cannot be told apart (nothing consumed yet, or a full snapshot since)."""
+        history = self.snapshots(collection)
+        ids = [s.id for s in history]
+        if consumed not in ids:
+            return None
+        later = history[ids.index(consumed) + 1:]
+        if any(s.kind == FULL for s in later):
+            return None
+        touched = [
+            f"SELECT _id FROM {parquet_source(self.document_parts(s))}" for s in later if s.kind == DELTA and s.documents
+        ] + [f"SELECT _id FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})" for s in later if s.kind == DELTA and s.deleted]
+        return " UNION ".join(touched) if touched else "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"
+
+    def latest_id(self, collection: str) -> str:
+        return self.snapshots(collection)[-1].id
 
     # ------------------------------------------------------------ transform report
     def write_transform_report(self, report: dict) -> None:
@@ -139,9 +227,26 @@ class Staging:
             raise StagingError(f"no transform output in {self.root}: run `loader transform` first")
         return json.loads(self.transform_report_path.read_text(encoding="utf-8"))
 
+    def transform_state(self) -> dict:
+        """Per table, what the last transform consumed and produced ({} before the first)."""
+        if not self.transform_report_path.exists():
+            return {}
+        return json.loads(self.transform_report_path.read_text(encoding="utf-8")).get("tables", {})
+
 
 class StagingError(Exception):
     """The staging area lacks what a stage needs."""
+
+
+def file_hash(path: Path) -> str | None:
+    """Identity of a file's content (None: no file)."""
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:24]
 
 
 def write_json_atomically(path: Path, document: dict) -> None:

@@ -44,10 +44,18 @@ class Strategy:
     element_date: bool = False
     # SQL file creating temporary tables shared by several tables (run once per transform).
     prepare: str | None = None
-    # Query of the keys whose rows this run replaces (DELETE-INSERT parents, moments
-    # candidates), and the column of the table holding that key; None: rows are only upserted.
-    scope_sql: str | None = None
-    scope_column: str | None = None
+    # Units: the source documents whose records are derived and replaced together (the
+    # `_source_id` of the records, or their `_unit` column when the SQL gives one). `select` is
+    # the SQL file choosing the units an incremental run re-derives from the changed documents
+    # (loader/transform/sql/select_*.sql); the unit documents of the table's sources are
+    # restricted to those, the `lookups` collections are read whole.
+    select: str = "select_changed.sql"
+    lookups: tuple[str, ...] = ()
+    # Query of every unit of a full run (counted as the table's source documents).
+    units_sql: str = "SELECT _id FROM {src}"
+    # The column of the table holding the unit's key when it is not the row's identity
+    # (indexed: C13).
+    unit_column: str | None = None
 
     @property
     def array_fields(self) -> tuple[str, ...]:
@@ -55,7 +63,7 @@ class Strategy:
 
     def columns(self) -> set[str]:
         """Columns the strategy writes by name (the table must have them)."""
-        named = {self.parent_column, self.element_column, self.scope_column}
+        named = {self.parent_column, self.element_column, self.unit_column}
         named.update(c for a in self.arrays for c in a.constants)
         return {c for c in named if c is not None}
 
@@ -70,8 +78,8 @@ KEYED = Strategy("keyed", UPSERT_KEY, sql="entity.sql")
 
 
 def _relationship(name: str, parent_column: str, element_column: str, *arrays: ArrayField, element_date: bool = False) -> Strategy:
-    """DELETE-INSERT per parent document (MAPPING.md 5.6): every parent of the run is in scope,
-    so that an emptied array removes the parent's rows."""
+    """DELETE-INSERT per parent document (MAPPING.md 5.6): a parent document is the unit, so that
+    an emptied array removes the parent's rows."""
     return Strategy(
         name,
         DELETE_INSERT,
@@ -80,8 +88,7 @@ def _relationship(name: str, parent_column: str, element_column: str, *arrays: A
         parent_column=parent_column,
         element_column=element_column,
         element_date=element_date,
-        scope_sql="SELECT _id AS key FROM {src}",
-        scope_column=parent_column,
+        unit_column=parent_column,
     )
 
 
@@ -103,7 +110,11 @@ _MOMENT_SOURCES = {
     "quizzquestions": ("title",),
     "items": ("text", "userQuizzQuestion"),
 }
-_MOMENT_SCOPE = "SELECT id AS key FROM moment_candidates"
+_MOMENT_UNITS = dict(
+    select="select_moments.sql",
+    lookups=tuple(c for c in _MOMENT_SOURCES if c != "userquizzs"),
+    units_sql="SELECT id AS _id FROM moment_candidates",
+)
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -122,6 +133,9 @@ STRATEGIES: dict[str, Strategy] = {
             sql="appointments.sql",
             # A missing `user` falls back to the coaching's user (MAPPING.md 3.24).
             extra_sources={"coachings": ("user",)},
+            # ... so the appointments of a coaching are re-derived together (5.3).
+            select="select_appointments.sql",
+            lookups=("coachings",),
         ),
         _relationship("user_events", "user_id", "event_id", ArrayField("registered_events", "event"), element_date=True),
         _relationship(
@@ -149,8 +163,7 @@ STRATEGIES: dict[str, Strategy] = {
             sql="moments.sql",
             extra_sources=_MOMENT_SOURCES,
             prepare="moments_pass.sql",
-            scope_sql=_MOMENT_SCOPE,
-            scope_column="id",
+            **_MOMENT_UNITS,
         ),
         Strategy(
             "users_logbooks_moments_details",
@@ -158,8 +171,8 @@ STRATEGIES: dict[str, Strategy] = {
             sql="moment_details.sql",
             extra_sources=_MOMENT_SOURCES,
             prepare="moments_pass.sql",
-            scope_sql=_MOMENT_SCOPE,
-            scope_column="user_logbook_moment_id",
+            unit_column="user_logbook_moment_id",
+            **_MOMENT_UNITS,
         ),
     )
 }

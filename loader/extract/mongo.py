@@ -10,14 +10,17 @@ turn it into null or raise).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bsonjs
 import pyarrow as pa
 import pymongo
+from bson import json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
@@ -25,7 +28,7 @@ from pymongo.errors import PyMongoError
 from loader import duck
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import Snapshot, Staging, new_snapshot_id, utc_now
+from loader.staging import BASES, COMPACTED, DELTA, FULL, Snapshot, Staging, new_snapshot_id, utc_now
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
@@ -33,6 +36,8 @@ PART_MAX_DOCUMENTS = 250_000
 PART_MAX_BYTES = 128 * 1024 * 1024
 
 _EMPTY_BATCH = pa.table({"doc": pa.array([], pa.large_string())})
+# A chain longer than this (a base and its deltas) is compacted into one base after an extract.
+MAX_DELTAS = 16
 _REJECT_SCHEMA = pa.schema([("_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
@@ -68,61 +73,85 @@ def extract(
     staging: Staging,
     collections: dict[str, set[str]],
     on_progress: ProgressHook | None = None,
+    full: set[str] = frozenset(),
 ) -> list[Snapshot]:
-    """Stage a full snapshot of each collection (name -> projected fields)."""
+    """Stage each collection (name -> projected fields): a delta snapshot of what changed since
+    its watermark, or a full snapshot (first extract, projection changed, or named in `full`)."""
     client = connect(settings)
     try:
         db = client[settings.mongodb_database]
         existing = set(db.list_collection_names())
         staging.discard_scratch()
         con = duck.connect(spill_dir=staging.tmp_dir)
-        return [
-            stage_collection(db, con, staging, name, fields, name in existing, settings.batch_size, on_progress)
-            for name, fields in sorted(collections.items())
-        ]
+        snapshots = []
+        for name, fields in sorted(collections.items()):
+            source = Source(db, name, tuple(sorted(fields)), name in existing, settings.batch_size)
+            snapshots.append(stage_collection(con, staging, source, name in full, settings.watermark_overlap_seconds, on_progress))
+        return snapshots
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
         client.close()
 
 
+@dataclass
+class Source:
+    """One collection as the extract reads it: projected raw BSON documents, in batches."""
+
+    db: pymongo.database.Database
+    name: str
+    fields: tuple[str, ...]
+    exists: bool
+    batch_size: int
+
+    @property
+    def collection(self):
+        return self.db.get_collection(self.name, codec_options=RAW)
+
+    def find(self, query: dict, projection: tuple[str, ...] | None = None) -> Iterator[list[RawBSONDocument]]:
+        if not self.exists:
+            return iter(())
+        fields = self.fields if projection is None else projection
+        cursor = self.collection.find(query, projection={f: 1 for f in fields}, batch_size=self.batch_size)
+        return _chunks(cursor, self.batch_size)
+
+    def count(self) -> int:
+        return self.collection.count_documents({}) if self.exists else 0
+
+
 def stage_collection(
-    db: pymongo.database.Database,
-    con,
-    staging: Staging,
-    name: str,
-    fields: set[str],
-    exists: bool,
-    batch_size: int,
-    on_progress: ProgressHook | None = None,
+    con, staging: Staging, source: Source, force_full: bool, overlap_seconds: int, on_progress: ProgressHook | None = None
 ) -> Snapshot:
+    """Write one snapshot of a collection; a delta without change is not recorded."""
     hook = on_progress or ProgressHook()
     snapshot_id = new_snapshot_id()
     started, clock = utc_now(), time.perf_counter()
-    scratch = staging.begin_snapshot(name, snapshot_id)
+    scratch = staging.begin_snapshot(source.name, snapshot_id)
+    previous = staging.snapshots(source.name)
+    base = next((s for s in reversed(previous) if s.kind in BASES), None)
+    full = force_full or base is None or base.fields != source.fields
+    since = None if full else _delta_start(staging.watermark(source.name), overlap_seconds)
+    query = {} if since is None else {"$or": [{"creation_date": {"$gte": since}}, {"update_date": {"$gte": since}}]}
+
     writer = _PartWriter(con, scratch)
     rejects: list[Reject] = []
-    if exists:
-        collection = db.get_collection(name, codec_options=RAW)
-        hook.start(name, collection.estimated_document_count())
-        cursor = collection.find({}, projection={f: 1 for f in sorted(fields)}, batch_size=batch_size)
-        for chunk in _chunks(cursor, batch_size):
-            writer.add_all(_to_extended_json(chunk, rejects))
-            hook.advance(name, len(chunk))
-    else:
-        hook.start(name, 0)
+    hook.start(source.name, source.collection.estimated_document_count() if full and source.exists else 0)
+    for chunk in source.find(query):
+        writer.add_all(_to_extended_json(chunk, rejects))
+        hook.advance(source.name, len(chunk))
     writer.close()
-    hook.finish(name)
+    deleted = 0
+    if not full:
+        deleted = _detect_deletions(con, staging, source, scratch, writer, rejects, hook)
+    hook.finish(source.name)
     if rejects:
         _write_rejects(con, rejects, scratch / "rejects.parquet")
 
-    documents, max_created, max_updated = con.execute(
-        f"SELECT count(*), max(creation_date), max(update_date) FROM {duck.parquet_source(writer.parts)}"
-    ).fetchall()[0]
+    documents, max_created, max_updated = _part_stats(con, writer.parts)
     snapshot = Snapshot(
-        collection=name,
+        collection=source.name,
         id=snapshot_id,
-        kind="full",
+        kind=FULL if full else DELTA,
         documents=documents,
         rejected=len(rejects),
         started_at=started.isoformat(),
@@ -131,10 +160,100 @@ def stage_collection(
         max_creation_date=max_created.isoformat() if max_created else None,
         max_update_date=max_updated.isoformat() if max_updated else None,
         bytes=sum(p.stat().st_size for p in scratch.iterdir()),
-        source_missing=not exists,
+        source_missing=not source.exists,
+        deleted=deleted,
+        since=since.isoformat() if since else None,
+        fields=source.fields,
+    )
+    if full or documents or deleted or rejects:
+        staging.commit_snapshot(scratch, snapshot)
+        if not full and len(staging.chain(source.name)) > MAX_DELTAS:
+            compact(con, staging, source.name)
+    else:
+        shutil.rmtree(scratch)
+    return snapshot
+
+
+def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None:
+    """The watermark (inclusive, MAPPING.md 5.2) minus the optional overlap; None: read all."""
+    if watermark is None:
+        return None
+    return datetime.fromisoformat(watermark).replace(tzinfo=timezone.utc) - timedelta(seconds=overlap_seconds)
+
+
+def _detect_deletions(con, staging: Staging, source: Source, scratch: Path, writer: _PartWriter,
+                      rejects: list[Reject], hook: ProgressHook) -> int:
+    """Tombstones for documents gone from the source. Counting is enough when nothing was
+    deleted: the source must hold the staged live documents plus the new ones of this delta.
+    Otherwise the _id set is read (ids.parquet) and compared; documents the delta missed
+    because they carry no timestamp are fetched as well."""
+    view = staging.view_sql(source.name)
+    staged, new = con.execute(
+        f"SELECT (SELECT count(*) FROM ({view})), "
+        f"(SELECT count(*) FROM (SELECT _id FROM {duck.parquet_source(writer.parts)} ANTI JOIN ({view}) USING (_id)))"
+    ).fetchall()[0]
+    if source.count() == staged + new:
+        return 0
+    ids = _PartWriter(con, scratch, prefix="ids")
+    for chunk in source.find({}, projection=("_id",)):
+        ids.add_all(_to_extended_json(chunk, rejects))
+    ids.close()
+    known = f"SELECT _id FROM ({view}) UNION SELECT _id FROM {duck.parquet_source(writer.parts)}"
+    unseen = [
+        json_util.loads(doc)["_id"]
+        for (doc,) in con.execute(
+            f"SELECT doc FROM {duck.parquet_source(ids.parts)} WHERE _id NOT IN ({known})"
+        ).fetchall()
+    ]
+    for start in range(0, len(unseen), source.batch_size):
+        for chunk in source.find({"_id": {"$in": unseen[start:start + source.batch_size]}}):
+            writer.add_all(_to_extended_json(chunk, rejects))
+            hook.advance(source.name, len(chunk))
+    writer.flush_remaining()
+    tombstones = scratch / "tombstones.parquet"
+    duck.run(con, f"COPY (SELECT _id FROM ({view}) ANTI JOIN {duck.parquet_source(ids.parts)} USING (_id) ORDER BY _id) "
+                  f"TO {duck.sql_literal(str(tombstones))} (FORMAT parquet)")
+    deleted = con.execute(f"SELECT count(*) FROM read_parquet({duck.sql_literal(str(tombstones))})").fetchall()[0][0]
+    if not deleted:
+        tombstones.unlink()
+    return deleted
+
+
+def compact(con, staging: Staging, collection: str) -> Snapshot:
+    """Rewrite the current view of a collection as one `compacted` base snapshot (the history
+    stays; readers of the view then read one snapshot instead of a base and many deltas)."""
+    clock, started = time.perf_counter(), utc_now()
+    snapshot_id = new_snapshot_id()
+    latest = staging.snapshots(collection)[-1]
+    scratch = staging.begin_snapshot(collection, snapshot_id)
+    part = scratch / "part-00000.parquet"
+    duck.run(con, f"COPY ({staging.view_sql(collection)} ORDER BY _id) TO {duck.sql_literal(str(part))} (FORMAT parquet, COMPRESSION zstd)")
+    documents, max_created, max_updated = _part_stats(con, [part])
+    snapshot = replace(
+        latest,
+        id=snapshot_id,
+        kind=COMPACTED,
+        documents=documents,
+        rejected=0,
+        deleted=0,
+        since=None,
+        started_at=started.isoformat(),
+        finished_at=utc_now().isoformat(),
+        seconds=round(time.perf_counter() - clock, 3),
+        max_creation_date=max_created.isoformat() if max_created else None,
+        max_update_date=max_updated.isoformat() if max_updated else None,
+        bytes=part.stat().st_size,
     )
     staging.commit_snapshot(scratch, snapshot)
     return snapshot
+
+
+def _part_stats(con, parts: list[Path]) -> tuple[int, datetime | None, datetime | None]:
+    if not parts:
+        return 0, None, None
+    return con.execute(
+        f"SELECT count(*), max(creation_date), max(update_date) FROM {duck.parquet_source(parts)}"
+    ).fetchall()[0]
 
 
 def _chunks(cursor: Iterable[RawBSONDocument], size: int) -> Iterator[list[RawBSONDocument]]:
@@ -177,9 +296,10 @@ def _write_rejects(con, rejects: list[Reject], path: Path) -> None:
 class _PartWriter:
     """Buffers Extended JSON documents and writes them as numbered Parquet parts."""
 
-    def __init__(self, con, directory: Path):
+    def __init__(self, con, directory: Path, prefix: str = "part"):
         self.con = con
         self.directory = directory
+        self.prefix = prefix
         self.parts: list[Path] = []
         self._buffer: list[str] = []
         self._bytes = 0
@@ -194,8 +314,12 @@ class _PartWriter:
         if self._buffer or not self.parts:  # an empty collection still gets one (empty) part
             self._flush()
 
+    def flush_remaining(self) -> None:
+        if self._buffer:
+            self._flush()
+
     def _flush(self) -> None:
-        path = self.directory / f"part-{len(self.parts):05d}.parquet"
+        path = self.directory / f"{self.prefix}-{len(self.parts):05d}.parquet"
         batch = pa.table({"doc": pa.array(self._buffer, pa.large_string())}) if self._buffer else _EMPTY_BATCH
         self.con.register("batch", batch)
         duck.run(self.con, 

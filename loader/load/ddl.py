@@ -39,10 +39,10 @@ def create_table_sql(table: Table, schema: str) -> sql.Composed:
 
 
 def index_columns(table: Table) -> list[str]:
-    """Columns worth an index beyond the keys (C13's two recommendations): the column a
-    delete-and-insert scope deletes by, and references to a generated key."""
+    """Columns worth an index beyond the keys (C13's two recommendations): the column holding
+    the unit a run replaces (the parent of a relationship row), and references to a generated key."""
     leading = {table.primary_key, *(constraint[0] for constraint in table.unique_constraints)}
-    wanted = [table.strategy.scope_column] + [c.name for c in table.columns if c.resolved_at_load]
+    wanted = [table.strategy.unit_column] + [c.name for c in table.columns if c.resolved_at_load]
     return [c for c in dict.fromkeys(wanted) if c is not None and c not in leading]
 
 
@@ -50,6 +50,14 @@ def create_index_sql(table: Table, column: str, schema: str) -> sql.Composed:
     return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})").format(
         sql.Identifier(f"{table.name}_{column}_idx"), sql.Identifier(schema), sql.Identifier(table.name), sql.Identifier(column)
     )
+
+
+def sync_state_table_sql(schema: str) -> sql.Composed:
+    """Per table, the staged state PostgreSQL holds (written with the table's rows)."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.loader_sync_state ("
+        "table_name TEXT PRIMARY KEY, state TEXT NOT NULL, rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL)"
+    ).format(sql.Identifier(schema))
 
 
 def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:
@@ -65,6 +73,7 @@ def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         present = existing_tables(conn, schema)
         created = [t.name for t in config.ordered() if t.name not in present]
+        conn.execute(sync_state_table_sql(schema))
         for table in config.ordered():
             if table.name in created:
                 conn.execute(create_table_sql(table, schema))

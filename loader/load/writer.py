@@ -1,23 +1,28 @@
 """Load stage: staged table files -> PostgreSQL, one transaction per table, parents first.
 
-Each table is streamed with COPY (CSV written by DuckDB from the staged Parquet) into a
-temporary table, then merged with set-based statements according to its strategy (C14):
+PostgreSQL is made to hold exactly the rows of staging/tables/<table>.parquet. Each table's
+`loader_sync_state` row names the staged state it holds (a hash of the file), and
+staging/loaded/<table>/<state>.parquet keeps a copy of that state, so a run only writes the
+difference (incremental):
 
-  UPSERT-ID, DELETE-INSERT, MOMENTS   insert or update by the row's identity (primary key, else
-                                      the first unique constraint); unchanged rows are not rewritten
-  UPSERT-KEY                          new keys inserted (generated ids assigned), existing keys
-                                      keep their row and take the greatest timestamps (5.5)
-  scope (DELETE-INSERT, MOMENTS)      rows of the keys in staging/scopes/<table>.parquet that the
-                                      run did not produce are deleted, so PostgreSQL mirrors the
-                                      parent's current array (5.6) or the moments pass (4.6)
+  unchanged state      nothing is read or written
+  incremental          the rows that differ from the loaded state are COPied into a temporary
+                       table and merged; identities no longer staged are deleted
+  full                 no usable loaded state (first load, forced, or a crash left no copy):
+                       every staged row is COPied and merged, every other row is deleted
 
-The net effect of delete-and-insert, without rewriting identical rows. The MOMENTS tables are
-written together in one transaction (4.6). A table that fails is rolled back whole and stops
-the run (C12): tables already committed stay committed.
+Merging (C14): insert or update by the row's identity (primary key, else the first unique
+constraint), never rewriting an identical row; UPSERT-KEY rows keep their generated id and new
+keys are inserted in key order. Deleting a row first deletes (or, for a nullable reference,
+nulls) the rows of other tables that reference it, children first, in the same transaction:
+they are rows the child tables no longer stage either. The MOMENTS tables are written together
+in one transaction (4.6). A table that fails is rolled back whole and stops the run (C12):
+tables already committed stay committed, and the next run starts from what they hold.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from loader import duck
-from loader.config import Config, Table
+from loader.config import Column, Config, Table
 from loader.duck import sql_identifier, sql_literal
 from loader.load.ddl import create_missing_tables
 from loader.progress import ProgressHook
@@ -43,15 +48,21 @@ class DestinationError(Exception):
     """PostgreSQL cannot be reached, or a table could not be written."""
 
 
+SYNC_STATE = "loader_sync_state"
+FULL, INCREMENTAL, UNCHANGED, TRUNCATED = "full", "incremental", "unchanged", "truncated"
+
+
 @dataclass
 class LoadResult:
     table: str
+    mode: str = UNCHANGED
     rows: int = 0  # rows in the staged file
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
     unchanged: int = 0
     seconds: float = 0.0
+    note: str = ""  # e.g. what a TRUNCATE ... CASCADE emptied
 
 
 def connect(settings: Settings) -> psycopg.Connection:
@@ -68,24 +79,51 @@ def load(
     staging: Staging,
     tables: list[Table],
     on_progress: ProgressHook | None = None,
+    force: frozenset[str] = frozenset(),
+    truncate: frozenset[str] = frozenset(),
 ) -> list[LoadResult]:
+    """Write the staged tables; those in `force` (or with force_reimport) in full, those in
+    `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE."""
     hook = on_progress or ProgressHook()
-    schema = settings.postgres_schema
     for table in tables:
         if not staging.table_file(table.name).exists():
             raise DestinationError(f"table '{table.name}' has not been transformed yet: run `loader transform` first")
     with connect(settings) as conn:
-        create_missing_tables(conn, config, schema)
-        con = duck.connect(spill_dir=staging.tmp_dir)
+        create_missing_tables(conn, config, settings.postgres_schema)
+        writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir), config, staging, settings.postgres_schema, hook)
         results = []
         for unit in _write_units(tables):
+            forced = {t.name for t in unit if t.name in force or t.force_reimport}
+            truncated = {t.name for t in unit if t.name in forced and (t.name in truncate or t.truncate_before_import)}
             try:
-                results.extend(_load_unit(conn, con, staging, unit, schema, hook))
+                results.extend(writer.write(unit, forced, truncated))
             except psycopg.Error as exc:
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 names = " and ".join(f"'{t.name}'" for t in unit)
                 raise DestinationError(f"table {names} was not written (rolled back): {message}") from None
         return results
+
+
+def plan(settings: Settings, staging: Staging, tables: list[Table]) -> dict[str, str]:
+    """What the next load would do per table (read-only)."""
+    with connect(settings) as conn:
+        loaded = _sync_states(conn, settings.postgres_schema)
+    return {t.name: _mode(staging, t, loaded.get(t.name), forced=t.force_reimport) for t in tables}
+
+
+def _mode(staging: Staging, table: Table, loaded: str | None, forced: bool) -> str:
+    if forced or loaded is None:
+        return FULL
+    if loaded == staging.table_state(table.name):
+        return UNCHANGED
+    return INCREMENTAL if staging.loaded_file(table.name, loaded).exists() else FULL
+
+
+def _sync_states(conn: psycopg.Connection, schema: str) -> dict[str, str]:
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{schema}".{SYNC_STATE}']).fetchone()[0]
+    if not exists:
+        return {}
+    return dict(conn.execute(sql.SQL("SELECT table_name, state FROM {}.{}").format(ident(schema), ident(SYNC_STATE))).fetchall())
 
 
 def _write_units(tables: list[Table]) -> list[list[Table]]:
@@ -102,58 +140,183 @@ def _write_units(tables: list[Table]) -> list[list[Table]]:
     return units
 
 
-def _load_unit(conn: psycopg.Connection, con, staging: Staging, unit: list[Table], schema: str, hook: ProgressHook) -> list[LoadResult]:
-    results = []
-    with conn.transaction():
-        for table in unit:
-            clock = time.perf_counter()
-            rows = _stage_incoming(conn, con, staging, table, schema, hook)
-            _resolve_generated_keys(conn, table, schema)
-            inserted, updated = conn.execute(_merge_sql(table, schema)).fetchone()
-            results.append(LoadResult(table.name, rows, inserted, updated, seconds=time.perf_counter() - clock))
-        # Children first, so that a stale moment loses its details before it goes.
-        for table, result in reversed(list(zip(unit, results))):
-            if table.strategy.scope_column:
+class _Writer:
+    def __init__(self, conn: psycopg.Connection, con, config: Config, staging: Staging, schema: str, hook: ProgressHook):
+        self.conn, self.con, self.config, self.staging, self.schema, self.hook = conn, con, config, staging, schema, hook
+
+    def write(self, unit: list[Table], forced: set[str], truncated: set[str]) -> list[LoadResult]:
+        """One transaction: upserts parents first, deletes children first, then the sync states."""
+        results, states = [], {}
+        with self.conn.transaction():
+            loaded = _sync_states(self.conn, self.schema)
+            notes = {}
+            for table in unit:
+                if table.name in truncated:
+                    cascaded = self._truncate(table)
+                    notes[table.name] = f"truncated; cascade emptied: {', '.join(cascaded) or 'none'}"
+                    loaded = _sync_states(self.conn, self.schema)
+            plans = []
+            for table in unit:
                 clock = time.perf_counter()
-                result.deleted = conn.execute(_delete_stale_sql(table, schema)).rowcount
-                result.seconds += time.perf_counter() - clock
-    for result in results:
-        result.unchanged = result.rows - result.inserted - result.updated
-        result.seconds = round(result.seconds, 3)
-    return results
+                state = self.staging.table_state(table.name)
+                mode = TRUNCATED if table.name in truncated else _mode(self.staging, table, loaded.get(table.name), table.name in forced)
+                result = LoadResult(table.name, mode, rows=self._count(self._staged(table)), note=notes.get(table.name, ""))
+                if mode != UNCHANGED:
+                    baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None
+                    self._stage_incoming(table, baseline)
+                    _resolve_generated_keys(self.conn, table, self.schema)
+                    self._stage_removed(table, baseline, mode)
+                    result.inserted, result.updated = self.conn.execute(_merge_sql(table, self.schema)).fetchone()
+                    states[table.name] = state
+                result.seconds = time.perf_counter() - clock
+                plans.append((table, result))
+                results.append(result)
+            for table, result in reversed(plans):  # children first
+                if result.mode in (FULL, INCREMENTAL):
+                    clock = time.perf_counter()
+                    self._delete_dependants(table, sql.SQL("SELECT * FROM {}").format(_removed(table)), set())
+                    result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
+                    result.seconds += time.perf_counter() - clock
+            for name, state in states.items():
+                self._keep_loaded_copy(name, state)
+                self.conn.execute(_set_sync_state_sql(self.schema), [name, state, next(r.rows for r in results if r.table == name)])
+        for name, state in states.items():
+            self._drop_other_copies(name, state)
+        for result in results:
+            result.unchanged = result.rows - result.inserted - result.updated
+            result.seconds = round(result.seconds, 3)
+        return results
+
+    # ------------------------------------------------------------ staged rows -> temporary tables
+    def _staged(self, table: Table) -> str:
+        return f"read_parquet({sql_literal(str(self.staging.table_file(table.name)))})"
+
+    def _staged_baseline(self, table: Table, state: str) -> str:
+        return f"read_parquet({sql_literal(str(self.staging.loaded_file(table.name, state)))})"
+
+    def _stage_incoming(self, table: Table, baseline: str | None) -> None:
+        """COPY the rows to write into `_incoming_<table>`: every staged row, or those that differ
+        from the loaded state."""
+        columns = ", ".join(map(sql_identifier, staged_columns(table)))
+        query = f"SELECT {columns} FROM {self._staged(table)}"
+        if baseline:
+            query += f" EXCEPT SELECT {columns} FROM {baseline}"
+        self.conn.execute(_incoming_table_sql(table, self.schema))
+        self._copy(table.name, query, _incoming(table), staged_columns(table), progress=True)
+
+    def _stage_removed(self, table: Table, baseline: str | None, mode: str) -> None:
+        """`_removed_<table>`: identities PostgreSQL holds that the staged state no longer has."""
+        key = table.identity
+        self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
+            _removed(table), sql.SQL(", ").join(map(ident, key)), ident(self.schema), ident(table.name)))
+        if mode == TRUNCATED:
+            return
+        if baseline:
+            columns = ", ".join(map(sql_identifier, key))
+            self._copy(table.name, f"SELECT {columns} FROM {baseline} EXCEPT SELECT {columns} FROM {self._staged(table)}",
+                       _removed(table), list(key), progress=False)
+        else:  # full: everything PostgreSQL holds that is not staged (incoming holds every row)
+            self.conn.execute(sql.SQL("INSERT INTO {removed} SELECT {key} FROM {target} EXCEPT SELECT {key} FROM {incoming}").format(
+                removed=_removed(table), key=sql.SQL(", ").join(map(ident, key)),
+                target=sql.SQL("{}.{}").format(ident(self.schema), ident(table.name)), incoming=_incoming(table)))
+
+    def _copy(self, name: str, query: str, target: sql.Identifier, columns: list[str], progress: bool) -> None:
+        csv_path = self.staging.tmp_dir / f"{name}.csv"
+        rows = _write_csv(self.con, query, csv_path)
+        if progress:
+            self.hook.start(name, rows)
+        try:
+            _copy_csv(self.conn, target, csv_path, columns, rows, (lambda n: self.hook.advance(name, n)) if progress else (lambda n: None))
+        finally:
+            csv_path.unlink(missing_ok=True)
+            if progress:
+                self.hook.finish(name)
+
+    # ------------------------------------------------------------ deletes
+    def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
+        """Rows of other tables referencing the removed rows: deleted (their own dependants
+        first) or, for a nullable reference, nulled."""
+        for child, column in self._references_to(table):
+            referenced = sql.SQL("SELECT t.{col} FROM {target} AS t WHERE ({key}) IN ({removed})").format(
+                col=ident(column.foreign_key.column), target=sql.SQL("{}.{}").format(ident(self.schema), ident(table.name)),
+                key=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(k)) for k in table.identity), removed=removed)
+            rows = sql.SQL("SELECT {key} FROM {child} WHERE {column} IN ({referenced})").format(
+                key=sql.SQL(", ").join(map(ident, child.identity)),
+                child=sql.SQL("{}.{}").format(ident(self.schema), ident(child.name)), column=ident(column.name), referenced=referenced)
+            if column.nullable:
+                touched = self.conn.execute(sql.SQL("UPDATE {}.{} SET {} = NULL WHERE {} IN ({})").format(
+                    ident(self.schema), ident(child.name), ident(column.name), ident(column.name), referenced)).rowcount
+            else:
+                if child.name not in seen:
+                    self._delete_dependants(child, rows, seen | {child.name})
+                touched = self.conn.execute(sql.SQL("DELETE FROM {}.{} WHERE ({}) IN ({})").format(
+                    ident(self.schema), ident(child.name), sql.SQL(", ").join(map(ident, child.identity)), rows)).rowcount
+            if touched and not self._stages_without(child, table):
+                self._forget_sync_state(child.name)
+
+    def _references_to(self, table: Table) -> list[tuple[Table, Column]]:
+        return [(t, c) for t in self.config.ordered() for c in t.foreign_keys
+                if c.foreign_key.table == table.name and t.name != table.name]
+
+    def _stages_without(self, child: Table, parent: Table) -> bool:
+        """The child's staged rows were checked against the parent's staged rows, so they lack
+        the rows just deleted or nulled; otherwise its next load must be a full one."""
+        checked = self.staging.transform_state().get(child.name, {}).get("parents", {}).get(parent.name)
+        return checked is not None and checked == self.staging.table_state(parent.name)
+
+    def _truncate(self, table: Table) -> list[str]:
+        """TRUNCATE ... CASCADE (5.8); the emptied tables are loaded in full next time. Returns
+        the other tables the cascade emptied."""
+        cascaded = self._cascade(table)
+        self.conn.execute(sql.SQL("TRUNCATE TABLE {}.{} CASCADE").format(ident(self.schema), ident(table.name)))
+        for name in [table.name, *cascaded]:
+            self._forget_sync_state(name)
+        return cascaded
+
+    def _cascade(self, table: Table) -> list[str]:
+        found: list[str] = []
+        for child, _ in self._references_to(table):
+            if child.name not in found:
+                found += [child.name] + [n for n in self._cascade(child) if n not in found and n != child.name]
+        return list(dict.fromkeys(found))
+
+    def _forget_sync_state(self, name: str) -> None:
+        self.conn.execute(sql.SQL("DELETE FROM {}.{} WHERE table_name = %s").format(ident(self.schema), ident(SYNC_STATE)), [name])
+
+    # ------------------------------------------------------------ loaded copies
+    def _keep_loaded_copy(self, name: str, state: str) -> None:
+        """Before commit: keep the staged file as the loaded state (a hard link: the transform
+        replaces tables/<table>.parquet, never rewrites it)."""
+        copy = self.staging.loaded_file(name, state)
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            scratch = copy.with_name(f".{copy.name}.tmp")
+            scratch.unlink(missing_ok=True)
+            os.link(self.staging.table_file(name), scratch)
+            os.replace(scratch, copy)
+
+    def _drop_other_copies(self, name: str, state: str) -> None:
+        for old in self.staging.loaded_file(name, state).parent.glob("*.parquet"):
+            if old.stem != state:
+                old.unlink(missing_ok=True)
+
+    def _count(self, relation: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+
+
+def _removed(table: Table) -> sql.Identifier:
+    return ident(f"_removed_{table.name}")
+
+
+def _set_sync_state_sql(schema: str) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {}.{} (table_name, state, rows, loaded_at) VALUES (%s, %s, %s, now()) "
+        "ON CONFLICT (table_name) DO UPDATE SET state = EXCLUDED.state, rows = EXCLUDED.rows, loaded_at = EXCLUDED.loaded_at"
+    ).format(ident(schema), ident(SYNC_STATE))
 
 
 def _incoming(table: Table) -> sql.Identifier:
     return ident(f"_incoming_{table.name}")
-
-
-def _stage_incoming(conn: psycopg.Connection, con, staging: Staging, table: Table, schema: str, hook: ProgressHook) -> int:
-    """COPY the staged rows (and the scope, if any) into temporary tables; returns the row count."""
-    source = staging.table_file(table.name)
-    rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(source))})").fetchall()[0][0]
-    columns = staged_columns(table)
-    conn.execute(_incoming_table_sql(table, schema))
-    csv_path = staging.tmp_dir / f"{table.name}.csv"
-    _write_csv(con, f"SELECT {', '.join(map(sql_identifier, columns))} FROM read_parquet({sql_literal(str(source))})", csv_path)
-    hook.start(table.name, rows)
-    try:
-        _copy_csv(conn, _incoming(table), csv_path, columns, rows, lambda n: hook.advance(table.name, n))
-    finally:
-        csv_path.unlink(missing_ok=True)
-        hook.finish(table.name)
-    if table.strategy.scope_column:
-        conn.execute(sql.SQL("CREATE TEMP TABLE {} (key VARCHAR) ON COMMIT DROP").format(_scope(table)))
-        scope_csv = staging.tmp_dir / f"{table.name}.scope.csv"
-        _write_csv(con, f"SELECT key FROM read_parquet({sql_literal(str(staging.scope_file(table.name)))})", scope_csv)
-        try:
-            _copy_csv(conn, _scope(table), scope_csv, ["key"], 0, lambda n: None)
-        finally:
-            scope_csv.unlink(missing_ok=True)
-    return rows
-
-
-def _scope(table: Table) -> sql.Identifier:
-    return ident(f"_scope_{table.name}")
 
 
 def _incoming_table_sql(table: Table, schema: str) -> sql.Composed:
@@ -191,9 +354,10 @@ def _resolve_generated_keys(conn: psycopg.Connection, table: Table, schema: str)
             )
 
 
-def _write_csv(con, query: str, target: Path) -> None:
+def _write_csv(con, query: str, target: Path) -> int:
+    """Write the rows of a DuckDB query as CSV for COPY; returns the row count."""
     # FORCE_QUOTE keeps '' (quoted empty string) apart from NULL (unquoted empty) for COPY csv.
-    duck.run(con, f"COPY ({query}) TO {sql_literal(str(target))} (FORMAT csv, HEADER false, FORCE_QUOTE *)")
+    return con.execute(f"COPY ({query}) TO {sql_literal(str(target))} (FORMAT csv, HEADER false, FORCE_QUOTE *)").fetchall()[0][0]
 
 
 def _copy_csv(conn: psycopg.Connection, table: sql.Identifier, path: Path, columns: list[str], rows: int, advance) -> None:
@@ -250,17 +414,13 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
 
 
 def _merge_latest_sql(table: Table, schema: str) -> sql.Composed:
-    """UPSERT-KEY (5.5): existing keys keep their row (and generated id) and take the greatest
-    timestamps; new keys are inserted in key order. Updating first and inserting only absent
-    keys leaves the id sequence untouched by known keys. Returns one row: (inserted, updated)."""
+    """UPSERT-KEY (5.5): existing keys keep their row (and generated id) and take the staged
+    values, merged from every current document of the key (so the greatest timestamps); new
+    keys are inserted in key order. Updating first and inserting only absent keys leaves the id
+    sequence untouched by known keys. Returns one row: (inserted, updated)."""
     columns = _written_columns(table)
     key = table.natural_key
     target = sql.SQL("{}.{}").format(ident(schema), ident(table.name))
-
-    def new_value(c: str) -> sql.Composable:
-        if c in table.latest_columns:
-            return sql.SQL("GREATEST(t.{0}, i.{0})").format(ident(c))
-        return sql.SQL("i.{}").format(ident(c))
 
     others = [c for c in columns if c not in key]
     same_key = sql.SQL(" AND ").join(sql.SQL("t.{0} = i.{0}").format(ident(c)) for c in key)
@@ -281,25 +441,16 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM updated)"""
     ).format(
         target=target,
         incoming=_incoming(table),
-        assignments=sql.SQL(", ").join(sql.SQL("{} = {}").format(ident(c), new_value(c)) for c in others),
+        assignments=sql.SQL(", ").join(sql.SQL("{} = {}").format(ident(c), sql.SQL("i.{}").format(ident(c))) for c in others),
         same_key=same_key,
         current=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in others),
-        new=sql.SQL(", ").join(new_value(c) for c in others),
+        new=sql.SQL(", ").join(sql.SQL("i.{}").format(ident(c)) for c in others),
         columns=sql.SQL(", ").join(map(ident, columns)),
         key=sql.SQL(", ").join(map(ident, key)),
     )
 
 
-def _delete_stale_sql(table: Table, schema: str) -> sql.Composed:
-    """Rows of the scope's keys that this run did not produce (delete-and-insert, 5.6, 4.6)."""
-    return sql.SQL(
-        "DELETE FROM {}.{} AS t WHERE t.{} IN (SELECT key FROM {}) "
-        "AND NOT EXISTS (SELECT 1 FROM {} AS i WHERE {})"
-    ).format(
-        ident(schema),
-        ident(table.name),
-        ident(table.strategy.scope_column),
-        _scope(table),
-        _incoming(table),
-        sql.SQL(" AND ").join(sql.SQL("i.{0} = t.{0}").format(ident(c)) for c in table.identity),
+def _delete_removed_sql(table: Table, schema: str) -> sql.Composed:
+    return sql.SQL("DELETE FROM {}.{} AS t WHERE ({}) IN (SELECT * FROM {})").format(
+        ident(schema), ident(table.name), sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in table.identity), _removed(table)
     )

@@ -14,6 +14,7 @@ Per table, in load order:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,15 +29,21 @@ from loader.duck import sql_literal
 from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
 from loader.staging import Staging, utc_now
-from loader.transform.typing import TransformError, staged_columns, typed_rows_sql
+from loader.transform.typing import TransformError, carried_columns, staged_columns, typed_rows_sql
 
 SQL_DIR = files("loader.transform").joinpath("sql")
+
+
+# Bump when a change of the SQL or the typing changes derived rows: every table is re-derived.
+DERIVATION_VERSION = 2
+FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
 
 
 @dataclass
 class TableResult:
     table: str
-    documents: int = 0  # source documents (parents, candidates) the table was derived from
+    mode: str = FULL  # full | incremental | unchanged (nothing to re-derive or re-check)
+    documents: int = 0  # source units (documents, parents, candidates) derived in this run
     rows: int = 0
     rejected: int = 0
     skipped: int = 0
@@ -45,42 +52,243 @@ class TableResult:
     seconds: float = 0.0
 
 
-def transform(settings: Settings, config: Config, staging: Staging, tables: list[Table]) -> list[TableResult]:
+def transform(settings: Settings, config: Config, staging: Staging, tables: list[Table],
+              force: frozenset[str] = frozenset()) -> list[TableResult]:
+    """Transform the tables in load order; those named in `force` (or with force_reimport) are
+    re-derived whole, the others only for the units their changed documents select."""
     con = duck.connect(spill_dir=staging.tmp_dir)
-    _register_sources(con, staging, config.collections(tables))
-    accepted: dict[str, str] = {}  # table -> relation holding its accepted rows in this run
-    prepared: set[str] = set()  # shared passes already run (moments_pass.sql)
-    results = [_transform_table(con, settings, staging, table, accepted, prepared) for table in tables]
-    previous = staging.read_transform_report()["tables"] if staging.transform_report_path.exists() else {}
-    staging.write_transform_report(
-        {
-            "finished_at": utc_now().isoformat(),
-            "source_timezone": settings.source_timezone,
-            "tables": previous | {r.table: asdict(r) for r in results},
+    for collection in config.collections(tables):
+        duck.run(con, f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS {staging.view_sql(collection)}")
+    run = _Run(con, settings, staging, force)
+    return [result for group in _groups(tables) for result in run.group(group)]
+
+
+def plan(config: Config, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
+    """What the next transform would do per table: full, or incremental (with what reason)."""
+    return {t.name: _Run(None, None, staging, force).full_reason(t) or INCREMENTAL for t in tables}
+
+
+def _groups(tables: list[Table]) -> list[list[Table]]:
+    """Tables in load order; the tables of one shared pass (moments) form one group, at the
+    place of the first of them."""
+    groups: list[list[Table]] = []
+    shared: dict[str, list[Table]] = {}
+    for table in tables:
+        prepare = table.strategy.prepare
+        if prepare in shared:
+            shared[prepare].append(table)
+        else:
+            groups.append([table])
+            if prepare:
+                shared[prepare] = groups[-1]
+    return groups
+
+
+class _Run:
+    def __init__(self, con, settings: Settings | None, staging: Staging, force: frozenset[str]):
+        self.con, self.settings, self.staging, self.force = con, settings, staging, force
+        self.state = staging.transform_state()
+        self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
+
+    # ------------------------------------------------------------ mode
+    def fingerprint(self, table: Table) -> str:
+        timezone = self.settings.source_timezone if self.settings else self.state.get(table.name, {}).get("timezone")
+        return text_hash(f"{DERIVATION_VERSION}|{timezone}|{table!r}")
+
+    def full_reason(self, table: Table) -> str | None:
+        """Why the table must be re-derived whole, or None when an incremental run is possible."""
+        state = self.state.get(table.name)
+        if table.name in self.force or table.force_reimport:
+            return "forced"
+        if not state or not self.staging.derived_file(table.name).exists():
+            return "first transform"
+        if self.settings and state.get("fingerprint") != self.fingerprint(table):
+            return "mapping or time zone changed"
+        for collection in table.sources():
+            if self.staging.changes_since(collection, state.get("consumed", {}).get(collection)) is None:
+                return f"new full snapshot of {collection}"
+        return None
+
+    # ------------------------------------------------------------ one group of tables
+    def group(self, tables: list[Table]) -> list[TableResult]:
+        clock = time.perf_counter()
+        first = tables[0]
+        consumed = {c: self.staging.latest_id(c) for t in tables for c in t.sources()}
+        full = any(self.full_reason(t) for t in tables)
+        units = None if full else self._select_units(first)
+        views = self._source_views(first, units)
+        values = self._placeholders(first, views)
+        if first.strategy.prepare and (full or self._count("units")):
+            duck.run(self.con, sql_file(first.strategy.prepare, values))
+        results = []
+        for table in tables:
+            result = self._table(table, self._placeholders(table, views), units)
+            self._record(table, result, consumed)
+            results.append(result)
+        results[0].seconds = round(time.perf_counter() - clock - sum(r.seconds for r in results[1:]), 3)
+        return results
+
+    def _table(self, table: Table, values: dict[str, str], units: str | None) -> TableResult:
+        clock = time.perf_counter()
+        name = table.name
+        derived_file = self.staging.derived_file(name)
+        derived_changed = True
+        documents = 0
+        if units is None or self._count(units):
+            new = self._derive(table, values)
+            documents = self._count(units) if units else self._count(f"({table.strategy.units_sql.format(**values)})")
+            if units is None:
+                derived = f"SELECT * FROM {new}"
+            else:
+                old = _read(derived_file)
+                derived_changed = self._differs(new, f"SELECT * FROM {old} WHERE _unit IN (SELECT _id FROM {units})")
+                derived = f"SELECT * FROM {old} WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new}"
+            if derived_changed:
+                duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE derived AS {derived}")
+        else:
+            derived_changed = False
+        mode = FULL if units is None else INCREMENTAL if derived_changed else UNCHANGED
+        if derived_changed or self._outputs_stale(table):
+            source = "derived" if derived_changed else _read(derived_file)
+            # Outputs first, derived state last: a crash in between re-derives the same units.
+            self._finish(table, source)
+            if derived_changed:
+                _copy_atomically(self.con, "SELECT * FROM derived", derived_file)
+        result = self._counts(table, mode, documents)
+        result.seconds = round(time.perf_counter() - clock, 3)
+        return result
+
+    # ------------------------------------------------------------ selection
+    def _select_units(self, table: Table) -> str:
+        """The units to re-derive: the strategy's select SQL over the changed documents."""
+        consumed = self.state[table.name]["consumed"]
+        changed = {c: self._changed(c, consumed[c]) for c in table.sources()}
+        own = [changed[c] for c in table.sources() if c not in table.strategy.lookups]
+        values = self._placeholders(table, {}) | {
+            **{f"changed_{c}": relation for c, relation in changed.items()},
+            "changed": "(" + " UNION ALL ".join(f"SELECT * FROM {r}" for r in own) + ")",
+            "derived": _read(self.staging.derived_file(table.name)),
         }
-    )
-    return results
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE units AS SELECT DISTINCT _id FROM ({sql_file(table.strategy.select, values)}) WHERE _id IS NOT NULL")
+        return "units"
 
+    def _changed(self, collection: str, consumed: str) -> str:
+        """A relation of the old and new versions (_id, doc) of the documents changed since
+        snapshot `consumed` (an _id without version: created and deleted in between)."""
+        key = (collection, consumed)
+        if key not in self.changed:
+            relation = q(f"changed_{len(self.changed)}")
+            ids = self.staging.changes_since(collection, consumed)
+            duck.run(self.con, f"""
+CREATE TEMP TABLE {relation} AS
+WITH ids AS ({ids})
+SELECT _id, doc FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM ids)
+UNION ALL
+SELECT _id, doc FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
+            self.changed[key] = relation
+        return self.changed[key]
 
-def _register_sources(con, staging: Staging, collections: dict[str, set[str]]) -> None:
-    for collection in collections:
-        duck.run(con, 
-            f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS "
-            f"SELECT * FROM {duck.parquet_source(staging.current_parts(collection))}"
+    def _source_views(self, table: Table, units: str | None) -> dict[str, str]:
+        """Collection -> relation the strategy SQL reads: the unit documents only, in an
+        incremental run, for the table's own sources; the whole current view otherwise."""
+        views = {c: q(f"src_{c}") for c in table.sources()}
+        if units is None:
+            return views
+        for collection in table.sources():
+            if collection not in table.strategy.lookups:
+                views[collection] = q(f"unit_src_{collection}")
+                duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE {views[collection]} AS "
+                                   f"SELECT * FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM {units})")
+        return views
+
+    # ------------------------------------------------------------ derive and finish
+    def _derive(self, table: Table, values: dict[str, str]) -> str:
+        """Records of the strategy SQL -> typed rows and dropped records, with their unit."""
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE records AS {sql_file(table.strategy.sql, values)}")
+        names = {row[0] for row in self.con.execute("DESCRIBE records").fetchall()}
+        if "_unit" not in names:
+            duck.run(self.con, "ALTER TABLE records ADD COLUMN _unit VARCHAR; UPDATE records SET _unit = _source_id")
+        rows_sql = typed_rows_sql(table, "SELECT * FROM records WHERE _dropped IS NULL", self.settings.source_timezone, table.latest_columns)
+        carried = "".join(f", {q(c)}" for c in carried_columns(table))
+        duck.run(self.con, f"""
+CREATE OR REPLACE TEMP TABLE new_derived AS
+SELECT *, CAST(NULL AS VARCHAR) AS _dropped, CAST(NULL AS VARCHAR) AS _dropped_value FROM ({rows_sql})
+UNION ALL BY NAME
+SELECT _source_id, _source_collection, _unit{carried}, _dropped, left(CAST(d AS VARCHAR), 200) AS _dropped_value
+FROM records WHERE _dropped IS NOT NULL""")
+        return "new_derived"
+
+    def _differs(self, new: str, old: str) -> bool:
+        columns = ", ".join(q(row[0]) for row in self.con.execute(f"DESCRIBE {new}").fetchall())
+        return bool(self.con.execute(
+            f"SELECT EXISTS ((SELECT {columns} FROM {new} EXCEPT ALL SELECT {columns} FROM ({old})) "
+            f"UNION ALL (SELECT {columns} FROM ({old}) EXCEPT ALL SELECT {columns} FROM {new}))"
+        ).fetchall()[0][0])
+
+    def _outputs_stale(self, table: Table) -> bool:
+        """The outputs were not computed from the current parents' rows (or are missing)."""
+        state = self.state.get(table.name, {})
+        return state.get("output") != self.staging.table_state(table.name) or state.get("parents") != self._parent_hashes(table)
+
+    def _parent_hashes(self, table: Table) -> dict[str, str | None]:
+        parents = sorted({c.foreign_key.table for c in table.foreign_keys if c.foreign_key.table != table.name})
+        return {p: self.staging.table_state(p) for p in parents}
+
+    def _finish(self, table: Table, derived: str) -> None:
+        """Foreign keys and UPSERT-KEY merging over every derived row of the table."""
+        typed = f"(SELECT * EXCLUDE (_unit, _dropped, _dropped_value) FROM {derived} WHERE _dropped IS NULL)"
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {_merge_check_sql(table, _foreign_key_sql(table, typed, self.staging))}")
+        _copy_atomically(self.con, _accepted_rows_sql(table, "checked"), self.staging.table_file(table.name))
+        _copy_atomically(self.con, _issues_sql(table, "checked", derived), self.staging.issues_file(table.name))
+
+    def _counts(self, table: Table, mode: str, documents: int) -> TableResult:
+        issues = _read(self.staging.issues_file(table.name))
+        kinds = dict(self.con.execute(f"SELECT kind, count(*) FROM {issues} GROUP BY kind").fetchall())
+        reasons = dict(self.con.execute(f"SELECT reason, count(*) FROM {issues} GROUP BY reason ORDER BY reason").fetchall())
+        return TableResult(
+            table=table.name,
+            mode=mode,
+            documents=documents,
+            rows=self._count(_read(self.staging.table_file(table.name))),
+            rejected=kinds.get(REJECT, 0),
+            skipped=kinds.get(SKIP, 0),
+            warnings=kinds.get(WARNING, 0),
+            reasons=reasons,
         )
 
+    def _record(self, table: Table, result: TableResult, consumed: dict[str, str]) -> None:
+        self.state[table.name] = asdict(result) | {
+            "timezone": self.settings.source_timezone,
+            "fingerprint": self.fingerprint(table),
+            "consumed": {c: consumed[c] for c in table.sources()},
+            "output": self.staging.table_state(table.name),
+            "parents": self._parent_hashes(table),
+        }
+        self.staging.write_transform_report({"finished_at": utc_now().isoformat(), "tables": self.state})
 
-def placeholders(table: Table, staging: Staging, accepted: dict[str, str], timezone: str) -> dict[str, str]:
-    """Values of the placeholders of a strategy's SQL: {src} and {src_<collection>} (staged
-    sources), {collection}, {timezone}, {parent_<table>} (accepted rows of a referenced table)
+    # ------------------------------------------------------------ helpers
+    def _placeholders(self, table: Table, views: dict[str, str]) -> dict[str, str]:
+        return placeholders(table, self.staging, views or {c: q(f"src_{c}") for c in table.sources()}, self.settings.source_timezone)
+
+    def _count(self, relation: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def placeholders(table: Table, staging: Staging, views: dict[str, str], timezone: str) -> dict[str, str]:
+    """Values of the placeholders of a strategy's SQL: {src} and {src_<collection>} (the staged
+    documents it reads), {collection}, {timezone}, {parent_<table>} (rows of a referenced table)
     and, for relationship strategies, {arrays}, {parent_column}, {element_column}, {element_date}."""
     strategy = table.strategy
     values = {
-        "src": q(f"src_{table.collection}"),
+        "src": views[table.collection],
         "collection": sql_literal(table.collection),
         "timezone": sql_literal(timezone),
-        **{f"src_{c}": q(f"src_{c}") for c in table.sources()},
-        **{f"parent_{c.foreign_key.table}": _parent_rows(c, staging, accepted) for c in table.foreign_keys},
+        **{f"src_{c}": views[c] for c in table.sources()},
+        **{f"parent_{c.foreign_key.table}": _parent_rows(c, staging) for c in table.foreign_keys},
     }
     if strategy.arrays:
         values |= {
@@ -99,61 +307,11 @@ def sql_file(name: str, values: dict[str, str]) -> str:
     return SQL_DIR.joinpath(name).read_text(encoding="utf-8").format(**values)
 
 
-def _transform_table(
-    con, settings: Settings, staging: Staging, table: Table, accepted: dict[str, str], prepared: set[str]
-) -> TableResult:
-    clock = time.perf_counter()
-    name, strategy = table.name, table.strategy
-    values = placeholders(table, staging, accepted, settings.source_timezone)
-    if strategy.prepare and strategy.prepare not in prepared:
-        duck.run(con, sql_file(strategy.prepare, values))
-        prepared.add(strategy.prepare)
-
-    records = q(f"records_{name}")
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {records} AS {sql_file(strategy.sql, values)}")
-    typed = q(f"typed_{name}")
-    rows_sql = typed_rows_sql(table, f"SELECT * FROM {records} WHERE _dropped IS NULL", settings.source_timezone, table.latest_columns)
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {typed} AS {rows_sql}")
-    checked = q(f"checked_{name}")
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE {checked} AS {_merge_check_sql(table, _foreign_key_sql(table, typed, staging, accepted))}")
-
-    rows_file = staging.table_file(name)
-    _copy_atomically(con, _accepted_rows_sql(table, checked), rows_file)
-    accepted[name] = _read(rows_file)
-    _copy_atomically(con, _issues_sql(table, checked, records), staging.issues_file(name))
-    if strategy.scope_sql:
-        _copy_atomically(con, strategy.scope_sql.format(**values), staging.scope_file(name))
-        documents = _count(con, _read(staging.scope_file(name)))
-    else:
-        documents = _count(con, records)
-
-    kinds = dict(con.execute(f"SELECT kind, count(*) FROM {_read(staging.issues_file(name))} GROUP BY kind").fetchall())
-    reasons = dict(
-        con.execute(f"SELECT reason, count(*) FROM {_read(staging.issues_file(name))} GROUP BY reason ORDER BY reason").fetchall()
-    )
-    for relation in (records, typed, checked):
-        duck.run(con, f"DROP TABLE {relation}")
-    return TableResult(
-        table=name,
-        documents=documents,
-        rows=_count(con, _read(rows_file)),
-        rejected=kinds.get(REJECT, 0),
-        skipped=kinds.get(SKIP, 0),
-        warnings=kinds.get(WARNING, 0),
-        reasons=reasons,
-        seconds=round(time.perf_counter() - clock, 3),
-    )
-
-
-def _count(con, relation: str) -> int:
-    return con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
-
-
 def _read(path: Path) -> str:
     return f"read_parquet({sql_literal(str(path))})"
 
 
-def _foreign_key_sql(table: Table, typed: str, staging: Staging, accepted: dict[str, str]) -> str:
+def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
     """Null dangling nullable references (warning fk_nulled), reject dangling required ones."""
     # References to a generated key are checked by the strategy (moments: no_users_logbook_match).
     checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.resolved_at_load]
@@ -161,7 +319,7 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging, accepted: dict[
         return f"SELECT * FROM {typed}"
     replaced, problems, warnings = [], [], []
     for column in checks:
-        ok = f"({q(column.name)} IS NULL OR {q(column.name)} IN (SELECT {q(column.foreign_key.column)} FROM {_parent_rows(column, staging, accepted)}))"
+        ok = f"({q(column.name)} IS NULL OR {q(column.name)} IN (SELECT {q(column.foreign_key.column)} FROM {_parent_rows(column, staging)}))"
 
         def issue(reason: str) -> str:
             return f"{{'column': {sql_literal(column.name)}, 'reason': {sql_literal(reason)}, 'value': CAST({q(column.name)} AS VARCHAR)}}"
@@ -184,10 +342,8 @@ SELECT * EXCLUDE (_problem, _warnings){replace},
 FROM {typed}"""
 
 
-def _parent_rows(column: Column, staging: Staging, accepted: dict[str, str]) -> str:
+def _parent_rows(column: Column, staging: Staging) -> str:
     parent = column.foreign_key.table
-    if parent in accepted:
-        return accepted[parent]
     path = staging.table_file(parent)
     if not path.exists():
         raise TransformError(f"column '{column.name}' references '{parent}', which has not been transformed yet")
@@ -221,7 +377,7 @@ def _accepted_rows_sql(table: Table, checked: str) -> str:
     return f"SELECT {', '.join(merged)} FROM {checked} WHERE _problem IS NULL GROUP BY {', '.join(q(c) for c in table.natural_key)}"
 
 
-def _issues_sql(table: Table, checked: str, records: str) -> str:
+def _issues_sql(table: Table, checked: str, derived: str) -> str:
     """One record per reject (`_problem`), per warning of an accepted row, and per record the
     strategy dropped (a skip or a warning, C10, 4.8)."""
     name = sql_literal(table.name)
@@ -233,8 +389,8 @@ UNION ALL
 SELECT {name}, _source_collection, _source_id, 'warning', w.reason, w."column", w.value
 FROM (SELECT _source_collection, _source_id, unnest(_warnings) AS w FROM {checked} WHERE _problem IS NULL)
 UNION ALL
-SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, left(CAST(d AS VARCHAR), 200)
-FROM {records} WHERE _dropped IS NOT NULL
+SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, _dropped_value
+FROM {derived} WHERE _dropped IS NOT NULL
 ORDER BY 4, 5, 3"""
 
 

@@ -127,12 +127,12 @@ def typed_rows_sql(table: Table, documents: str, timezone: str, deferred_not_nul
     return f"""
 WITH docs AS ({documents}),
 raw AS (
-    SELECT _source_id, _source_collection, {carried}{raw_cols}
+    SELECT _source_id, _source_collection, _unit, {carried}{raw_cols}
     FROM (SELECT *, json_extract(d, {path_list}) AS f FROM docs)
 ),
 converted AS (SELECT *, {value_cols} FROM raw),
 checked AS (SELECT *, {check_cols} FROM converted)
-SELECT _source_id, _source_collection, {carried}{final_cols},
+SELECT _source_id, _source_collection, _unit, {carried}{final_cols},
        {problems} AS _problem,
        {warnings} AS _warnings
 FROM checked"""

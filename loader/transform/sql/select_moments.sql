@@ -1,0 +1,35 @@
+-- users_logbooks_moments and details: the candidates of MAPPING.md 4.7 [D16], rules 1-4 over the
+-- old and new versions of the changed documents, widened to everything else a full run reads:
+-- a question's template (title) and option items (answer texts), and whether the candidate's
+-- users_logbook row exists (a moment without it is skipped as no_users_logbook_match).
+-- References are found as 24-hex tokens of the stored documents (ObjectId or hex string, C5):
+-- a superset of the real links, which only costs a few extra candidates.
+WITH question_refs AS (   -- user question -> the templates and items it mentions
+    SELECT _id AS question_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
+    FROM {src_userquizzquestions}
+),
+touched_questions AS (
+    SELECT _id AS question_id FROM {changed_userquizzquestions}                                    -- rule 2
+    UNION
+    SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') FROM {changed_items}  -- rule 3
+    UNION
+    SELECT question_id FROM question_refs
+    WHERE ref IN (SELECT _id FROM {changed_quizzquestions} UNION SELECT _id FROM {changed_items})
+),
+quiz_refs AS (   -- userquizz -> the user questions it lists
+    SELECT _id AS moment_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
+    FROM {src_userquizzs}
+),
+logbook_match AS (   -- does the users_logbook row of the last emitted or unmatched moment exist?
+    SELECT d._unit AS moment_id, d._dropped, ul.user_id IS NOT NULL AS found
+    FROM {derived} d
+    LEFT JOIN {parent_users_logbook} ul ON ul.user_id = d.user_logbook_id__user_id AND ul.day = d.user_logbook_id__day
+    WHERE d._source_collection = 'userquizzs' AND (d._dropped IS NULL OR d._dropped = 'no_users_logbook_match')
+)
+SELECT _id FROM {changed_userquizzs}                                                                 -- rule 1
+UNION
+SELECT moment_id FROM quiz_refs WHERE ref IN (SELECT question_id FROM touched_questions)
+UNION
+SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.logbook'), '_id') FROM {changed_coachinglogbooks}     -- rule 4
+UNION
+SELECT moment_id FROM logbook_match WHERE found = (_dropped IS NOT NULL)
