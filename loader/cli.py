@@ -21,7 +21,7 @@ from loader.demo.servers import ServerError
 from loader.extract.mongo import SourceError
 from loader.load.writer import DestinationError
 from loader.settings import Settings, load_settings
-from loader.staging import StagingError
+from loader.staging import Staging, StagingError
 from loader.transform.typing import TransformError
 
 app = typer.Typer(
@@ -180,6 +180,31 @@ def rebuild(
         schema=schema, timezone=timezone,
     )
     pipeline.rebuild(settings, cfg, tables, progress=not no_progress, truncate=_forced(tables, True, truncate)[1])
+
+
+@app.command()
+@fails_cleanly
+def snapshots(staging: StagingDir = None, env_file: EnvFile = None) -> None:
+    """List the staged snapshots: kind, documents, deletions, size, watermark, and which make the current view."""
+    settings = _settings(env_file, staging=staging)
+    report.console.print(report.snapshots_listing(Staging(settings.staging_dir)))
+
+
+@app.command()
+@fails_cleanly
+def plan(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+    timezone: Timezone = None, force_reimport: ForceReimport = False,
+) -> None:
+    """Dry run: what the next `loader run` would extract, re-derive and load (nothing is written)."""
+    settings, cfg, tables = _prepare(
+        table, env_file, config=config, staging=staging, postgres_host=postgres_host, postgres_port=postgres_port,
+        postgres_database=postgres_database, postgres_user=postgres_user, postgres_password=postgres_password,
+        schema=schema, timezone=timezone,
+    )
+    pipeline.show_plan(settings, cfg, tables, force=_forced(tables, force_reimport, False)[0])
 
 
 @app.command()

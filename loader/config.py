@@ -231,6 +231,12 @@ class Config:
                 needed.setdefault(collection, set()).update(fields)
         return needed
 
+    def projections(self, tables: list[Table]) -> dict[str, set[str]]:
+        """The collections the given tables read, each with the fields every table of the mapping
+        reads from it: a snapshot taken for some tables stays usable by all of them."""
+        every = self.collections()
+        return {collection: every[collection] for collection in self.collections(tables)}
+
 
 # ---------------------------------------------------------------- loading
 

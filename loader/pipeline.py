@@ -29,7 +29,7 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
     staging = Staging(settings.staging_dir)
     full = set(config.collections([t for t in tables if t.name in force or t.force_reimport]))
     with report.progress_bars("docs") as bars:
-        snapshots = mongo.extract(settings, staging, config.collections(tables), report.Bars(bars) if progress else None, full=full)
+        snapshots = mongo.extract(settings, staging, config.projections(tables), report.Bars(bars) if progress else None, full=full)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
@@ -61,6 +61,22 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
     extract(settings, config, tables, progress=progress, summary=False, force=force)
     transform(settings, config, tables, summary=False, force=force)
     return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
+
+
+def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:
+    """Print what the next run would do, reading only the staging area and PostgreSQL's sync state."""
+    staging = Staging(settings.staging_dir)
+    full = set(config.collections([t for t in tables if t.name in force or t.force_reimport]))
+    collections = {
+        name: mongo.next_snapshot(staging, name, tuple(sorted(fields)), name in full, settings.watermark_overlap_seconds)[2]
+        for name, fields in sorted(config.projections(tables).items())
+    }
+    try:
+        loads = writer.plan(settings, staging, tables)
+    except writer.DestinationError:
+        loads = None
+    for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):
+        report.console.print(listing)
 
 
 def rebuild(settings: Settings, config: Config, tables: list[Table], progress: bool = True,

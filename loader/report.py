@@ -11,7 +11,7 @@ from rich.text import Text
 
 from loader.load.writer import LoadResult
 from loader.progress import ProgressHook
-from loader.staging import Snapshot
+from loader.staging import FULL, Snapshot, Staging
 from loader.transform.runner import TableResult
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
@@ -61,7 +61,9 @@ class Bars(ProgressHook):
 def new_table(title: str, *columns: str) -> RichTable:
     table = RichTable(title=title, title_justify="left", header_style="bold")
     for i, column in enumerate(columns):
-        numeric = i > 0 and column not in ("reasons", "snapshot", "collection", "strategy", "sync", "parents")
+        numeric = i > 0 and column not in (
+            "reasons", "snapshot", "collection", "strategy", "sync", "parents", "kind", "mode", "load", "transform", "next",
+            "since", "watermark", "in view")
         table.add_column(column, justify="right" if numeric else "left")
     return table
 
@@ -71,34 +73,62 @@ def _reasons(reasons: dict[str, int]) -> str:
 
 
 def extract_summary(snapshots: list[Snapshot]) -> RichTable:
-    table = new_table("Extract", "collection", "documents", "rejected", "seconds", "documents/s", "snapshot")
+    table = new_table("Extract", "collection", "kind", "documents", "deleted", "rejected", "seconds", "documents/s", "snapshot")
     for s in snapshots:
         rate = f"{s.documents / s.seconds:,.0f}" if s.seconds and s.documents else "-"
-        note = "absent from source" if s.source_missing else s.id
-        table.add_row(s.collection, f"{s.documents:,}", f"{s.rejected:,}", f"{s.seconds:.2f}", rate, note)
+        note = "absent from source" if s.source_missing else s.id if s.kind == FULL or s.documents or s.deleted or s.rejected else "no change"
+        table.add_row(s.collection, s.kind, f"{s.documents:,}", f"{s.deleted:,}", f"{s.rejected:,}", f"{s.seconds:.2f}", rate, note)
     return table
 
 
+def snapshots_listing(staging: Staging) -> RichTable:
+    """Every snapshot of the staging area, oldest first, and the current view it makes."""
+    table = new_table(f"Snapshots in {staging.root}", "collection", "snapshot", "kind", "documents", "deleted", "MB",
+                      "since", "watermark", "in view")
+    for collection in staging.collections():
+        current = {s.id for s in staging.chain(collection)}
+        for s in staging.snapshots(collection):
+            table.add_row(collection, s.id, s.kind, f"{s.documents:,}", f"{s.deleted:,}", f"{s.bytes / 1e6:.2f}",
+                          _instant(s.since), _instant(s.watermark), "yes" if s.id in current else "")
+    return table
+
+
+def plan_listing(collections: dict[str, str], transform: dict[str, str], load: dict[str, str] | None) -> tuple[RichTable, RichTable]:
+    """What the next run would do: per collection the extract, per table the transform and load."""
+    sources = new_table("Next extract", "collection", "next")
+    for collection, what in collections.items():
+        sources.add_row(collection, what)
+    tables = new_table("Next transform and load", "table", "transform", "load")
+    for name, what in transform.items():
+        tables.add_row(name, what, (load or {}).get(name, "PostgreSQL not reachable"))
+    return sources, tables
+
+
+def _instant(value: str | None) -> str:
+    return value.replace("+00:00", "Z") if value else "-"
+
+
 def transform_summary(results: list[TableResult]) -> RichTable:
-    table = new_table("Transform", "table", "source documents", "rows", "rejected", "skipped", "warnings", "reasons")
+    table = new_table("Transform", "table", "mode", "source documents", "rows", "rejected", "skipped", "warnings", "reasons")
     for r in results:
         table.add_row(
-            r.table, f"{r.documents:,}", f"{r.rows:,}", f"{r.rejected:,}", f"{r.skipped:,}", f"{r.warnings:,}", _reasons(r.reasons)
+            r.table, r.mode, f"{r.documents:,}", f"{r.rows:,}", f"{r.rejected:,}", f"{r.skipped:,}", f"{r.warnings:,}", _reasons(r.reasons)
         )
     return table
 
 
 def load_summary(results: list[LoadResult], transformed: dict[str, dict]) -> RichTable:
-    """Per table: source documents, rows inserted, updated, deleted and unchanged, and the
-    transform's rejects, skips and warnings."""
+    """Per table: the load's mode, the source documents (re)derived by the last transform, rows
+    inserted, updated, deleted and unchanged, and the staged rejects, skips and warnings."""
     table = new_table(
-        "Summary", "table", "source docs", "inserted", "updated", "deleted", "unchanged",
+        "Summary", "table", "load", "source docs", "inserted", "updated", "deleted", "unchanged",
         "rejected", "skipped", "warnings", "reasons",
     )
     for r in results:
         counts = transformed.get(r.table, {})
         table.add_row(
             r.table,
+            r.mode + (f" ({r.note})" if r.note else ""),
             f"{counts.get('documents', 0):,}",
             f"{r.inserted:,}",
             f"{r.updated:,}",

@@ -127,10 +127,7 @@ def stage_collection(
     snapshot_id = new_snapshot_id()
     started, clock = utc_now(), time.perf_counter()
     scratch = staging.begin_snapshot(source.name, snapshot_id)
-    previous = staging.snapshots(source.name)
-    base = next((s for s in reversed(previous) if s.kind in BASES), None)
-    full = force_full or base is None or base.fields != source.fields
-    since = None if full else _delta_start(staging.watermark(source.name), overlap_seconds)
+    full, since, _ = next_snapshot(staging, source.name, source.fields, force_full, overlap_seconds)
     query = {} if since is None else {"$or": [{"creation_date": {"$gte": since}}, {"update_date": {"$gte": since}}]}
 
     writer = _PartWriter(con, scratch)
@@ -172,6 +169,17 @@ def stage_collection(
     else:
         shutil.rmtree(scratch)
     return snapshot
+
+
+def next_snapshot(staging: Staging, name: str, fields: tuple[str, ...], force_full: bool,
+                  overlap_seconds: int) -> tuple[bool, datetime | None, str]:
+    """(full?, start of the delta, why) of the next snapshot of a collection."""
+    base = next((s for s in reversed(staging.snapshots(name)) if s.kind in BASES), None)
+    reason = "forced" if force_full else "first extract" if base is None else "projection changed" if base.fields != fields else None
+    if reason:
+        return True, None, f"full ({reason})"
+    since = _delta_start(staging.watermark(name), overlap_seconds)
+    return False, since, f"delta since {since.isoformat()}" if since else "delta (no timestamp staged yet: every document)"
 
 
 def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None:

@@ -63,9 +63,10 @@ def transform(settings: Settings, config: Config, staging: Staging, tables: list
     return [result for group in _groups(tables) for result in run.group(group)]
 
 
-def plan(config: Config, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
-    """What the next transform would do per table: full, or incremental (with what reason)."""
-    return {t.name: _Run(None, None, staging, force).full_reason(t) or INCREMENTAL for t in tables}
+def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
+    """What the next transform would do per table: full (and why) or incremental."""
+    run = _Run(None, settings, staging, force)
+    return {t.name: (f"full ({reason})" if (reason := run.full_reason(t)) else INCREMENTAL) for t in tables}
 
 
 def _groups(tables: list[Table]) -> list[list[Table]]:
@@ -85,15 +86,14 @@ def _groups(tables: list[Table]) -> list[list[Table]]:
 
 
 class _Run:
-    def __init__(self, con, settings: Settings | None, staging: Staging, force: frozenset[str]):
+    def __init__(self, con, settings: Settings, staging: Staging, force: frozenset[str]):
         self.con, self.settings, self.staging, self.force = con, settings, staging, force
         self.state = staging.transform_state()
         self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
-        timezone = self.settings.source_timezone if self.settings else self.state.get(table.name, {}).get("timezone")
-        return text_hash(f"{DERIVATION_VERSION}|{timezone}|{table!r}")
+        return text_hash(f"{DERIVATION_VERSION}|{self.settings.source_timezone}|{table!r}")
 
     def full_reason(self, table: Table) -> str | None:
         """Why the table must be re-derived whole, or None when an incremental run is possible."""
@@ -102,7 +102,7 @@ class _Run:
             return "forced"
         if not state or not self.staging.derived_file(table.name).exists():
             return "first transform"
-        if self.settings and state.get("fingerprint") != self.fingerprint(table):
+        if state.get("fingerprint") != self.fingerprint(table):
             return "mapping or time zone changed"
         for collection in table.sources():
             if self.staging.changes_since(collection, state.get("consumed", {}).get(collection)) is None:
