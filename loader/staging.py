@@ -187,7 +187,8 @@ class Staging:
             for i, s in enumerate(deltas)
             if s.documents
         ] + [
-            f"SELECT _id, NULL, NULL, NULL, {i} FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})"
+            f"SELECT _id, NULL AS creation_date, NULL AS update_date, NULL AS doc, {i} AS _seq "
+            f"FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})"
             for i, s in enumerate(deltas)
             if s.deleted
         ]

@@ -1,6 +1,6 @@
 """Incremental sync (MAPPING.md 4.7 and section 5): `loader run` on a kept staging directory must
-converge to a full rebuild, and a load killed in the middle of a table must leave that table as it
-was.
+converge to a full rebuild, also when the only change is the deletion of a collection's most recent
+document, and a load killed in the middle of a table must leave that table as it was.
 
 Each test writes the generated dataset into a MongoDB database of its own (on the session
 SecantusDB server), runs `loader run` once into its own PostgreSQL database A with its own staging
@@ -21,6 +21,7 @@ import copy
 import json
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -108,8 +109,6 @@ def rebuild(source: Source, postgres, tmp_path: Path) -> Target:
 # --------------------------------------------------------------------------- comparing databases
 
 Row = tuple[tuple[str, object], ...]
-
-
 MAPPED_TABLES = [table.name for table in load_config(ROOT / "config" / "schemas.yaml").ordered()]
 
 
@@ -247,9 +246,12 @@ class Dataset:
     def unanswered_logbook(self, userquizz: dict, name: str, question_type: str, users: set[str]) -> bool:
         """A logbook userquizz called `name`, nothing answered, one coaching logbook whose user is
         loaded (in `users`): answering its `question_type` question must create a moment."""
-        if userquizz.get("type") != LOGBOOK or userquizz.get("name") != name or self.logbooks_of_quizz[userquizz["_id"]] != 1:
+        if (userquizz.get("type"), userquizz.get("name")) != (LOGBOOK, name):
             return False
-        questions = [self.questions.get(q) if isinstance(q, ObjectId) else None for q in userquizz.get("questions", [])]
+        if self.logbooks_of_quizz[userquizz["_id"]] != 1:
+            return False
+        questions = [self.questions.get(q) if isinstance(q, ObjectId) else None
+                     for q in userquizz.get("questions", [])]
         if not questions or None in questions or any(self.answered(q) for q in questions):
             return False
         logbook = next(cl for cl in self.data["coachinglogbooks"] if cl.get("logbook") == userquizz["_id"])
@@ -258,7 +260,7 @@ class Dataset:
             and self.question_of_type(userquizz, question_type) is not None
 
 
-# --------------------------------------------------------------------------- test 1
+# --------------------------------------------------------------------------- six rounds of changes
 
 def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres, tmp_path):
     """Six rounds of source changes; after each, `loader run` on the kept staging directory gives
@@ -313,19 +315,21 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     # logbooks, with registrations; the event most users registered to; and the coaching logbook
     # that is the latest of its (user, day) group and links an emitted moment (its users_logbook row
     # takes earlier timestamps, its moment goes: no_coachinglogbook).
-    coached, writers = generated.referencing("coachings", "user"), generated.referencing("messages", "sender", "receiver")
+    coached = generated.referencing("coachings", "user")
     logbook_owners = generated.referencing("coachinglogbooks", "user")
+    writers = generated.referencing("messages", "sender", "receiver")
     gone_user = pick.one("users", lambda u: loaded(loaded_users)(u) and u.get("registered_events")
                          and coached[u["_id"]] and writers[u["_id"]] and logbook_owners[u["_id"]]
                          and u.get("email") != generator.WORKED_EXAMPLE_EMAIL)
     registrations = Counter(event_of(e) for u in source.data["users"] if u["_id"] != gone_user["_id"]
                             for e in u.get("registered_events") or [])
-    most_registered = max((k for k in registrations if str(k) in loaded_events), key=lambda k: (registrations[k], k))
+    most_registered = max((e for e in registrations if str(e) in loaded_events), key=lambda e: (registrations[e], e))
     gone_event = pick.one("events", lambda e: e["_id"] == most_registered)
     moments = a.ids("users_logbooks_moments")
 
     def same_day(cl: dict) -> list[dict]:
-        return [c for c in source.data["coachinglogbooks"] if c.get("user") == cl["user"] and c.get("day") == cl.get("day")]
+        return [c for c in source.data["coachinglogbooks"]
+                if c.get("user") == cl["user"] and c.get("day") == cl.get("day")]
 
     def latest_of_its_day(cl: dict) -> bool:
         """One of several coaching logbooks of its (user, day), and the most recent one."""
@@ -372,12 +376,14 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     # Step 4 - answers added to logbook userquizzs nobody had answered, without touching the
     # userquizzs (4.7 rules 2 and 3): a text_answer on a "Dîner" TEXT question, and a new item for
     # a "Petit-déjeuner" TEXT_MULTIPLE question. Each must give a new moment.
-    dinner = pick.one("userquizzs", lambda q: generated.unanswered_logbook(q, "Dîner", "TEXT", loaded_users - {str(gone_user["_id"])}))
-    breakfast = pick.one("userquizzs", lambda q: generated.unanswered_logbook(
-        q, "Petit-déjeuner", "TEXT_MULTIPLE", loaded_users - {str(gone_user["_id"])}))
+    owners = loaded_users - {str(gone_user["_id"])}
+    dinner = pick.one("userquizzs", lambda q: generated.unanswered_logbook(q, "Dîner", "TEXT", owners))
+    breakfast = pick.one("userquizzs",
+                         lambda q: generated.unanswered_logbook(q, "Petit-déjeuner", "TEXT_MULTIPLE", owners))
     dinner_question = generated.question_of_type(dinner, "TEXT")
     stamp(db, "userquizzquestions", dinner_question["_id"], clock(), text_answer="Gratin de courgettes")
-    item = new_document(clock(), text="soupe de légumes", userQuizzQuestion=generated.question_of_type(breakfast, "TEXT_MULTIPLE")["_id"])
+    breakfast_question = generated.question_of_type(breakfast, "TEXT_MULTIPLE")
+    item = new_document(clock(), text="soupe de légumes", userQuizzQuestion=breakfast_question["_id"])
     db["items"].insert_one(item)
 
     reference, _ = synchronise("step 4 (answers added to existing logbook userquizzs)")
@@ -389,12 +395,15 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     at_mark = pick.one("users", loaded(loaded_users))
     stamp(db, "users", at_mark["_id"], watermark(db, "users"), firstname="Exactement au filigrane")
     moments = a.ids("users_logbooks_moments")
-    quizz_of = {q: uq["_id"] for uq in source.data["userquizzs"] for q in uq.get("questions", []) if isinstance(q, ObjectId)}
+    quizz_of = {q: uq["_id"] for uq in source.data["userquizzs"] for q in uq.get("questions", [])
+                if isinstance(q, ObjectId)}
     answer = pick.one("userquizzquestions", lambda q: q.get("text_answer") and str(quizz_of.get(q["_id"])) in moments)
-    stamp(db, "userquizzquestions", answer["_id"], watermark(db, "userquizzquestions"), text_answer="Réponse au filigrane")
+    stamp(db, "userquizzquestions", answer["_id"], watermark(db, "userquizzquestions"),
+          text_answer="Réponse au filigrane")
 
     reference, _ = synchronise("step 5 (documents stamped exactly at the watermark)")
-    assert reference.query("SELECT firstname FROM users WHERE id = %s", str(at_mark["_id"])) == [("Exactement au filigrane",)]
+    assert reference.query("SELECT firstname FROM users WHERE id = %s",
+                           str(at_mark["_id"])) == [("Exactement au filigrane",)]
     assert reference.query("SELECT answer FROM users_logbooks_moments_details WHERE id = %s",
                            str(answer["_id"])) == [("Réponse au filigrane",)]
 
@@ -409,7 +418,7 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     assert not {str(dinner["_id"]), str(breakfast["_id"])} & reference.ids("users_logbooks_moments")
 
 
-# --------------------------------------------------------------------------- test 2
+# --------------------------------------------------------------------------- a delta of tombstones only
 
 def test_deleting_the_most_recent_document_of_a_collection(generated_source, postgres, tmp_path):
     """The only change is the deletion of the document stamped at a collection's watermark: the
@@ -433,15 +442,17 @@ def test_deleting_the_most_recent_document_of_a_collection(generated_source, pos
     assert_same_tables(a, rebuild(source, postgres, tmp_path), "deleting the most recent message")
 
 
-# --------------------------------------------------------------------------- test 3
+# --------------------------------------------------------------------------- a killed load
 
-def waiting_backend(monitor: psycopg.Connection, loader, own: list[int], log: Path) -> tuple[int, str, str | None]:
+def waiting_backend(monitor: psycopg.Connection, loader: subprocess.Popen, own: list[int],
+                    log: Path) -> tuple[int, str, str | None]:
     """Poll pg_stat_activity (bounded) until a session of this database other than ours waits on a
     lock; returns its pid, application_name and the relation it waits for. The loader sets
     application_name 'loader'; any other client session would do too."""
     deadline = time.monotonic() + LOCK_WAIT_TIMEOUT
     while time.monotonic() < deadline:
-        assert loader.poll() is None, f"the loader ended before it blocked (exit {loader.returncode}):\n{log.read_text()}"
+        assert loader.poll() is None, (
+            f"the loader ended before it blocked (exit {loader.returncode}):\n{log.read_text()}")
         found = monitor.execute(
             """SELECT a.pid, a.application_name, l.relation::regclass::text
                FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted
@@ -529,8 +540,8 @@ def test_a_load_killed_in_the_middle_leaves_the_blocked_table_untouched(generate
     assert table_contents(a, ["users_logbook"]) != table_contents(reference, ["users_logbook"]), (
         "users_logbook had nothing to write: the kill proves nothing")
     assert_same_tables(a, reference, "the killed load (tables written before users_logbook)", only={"events", "menus"})
-    assert sorted(a.query("SELECT name FROM events WHERE id = ANY(%s)", [str(e["_id"]) for e in renamed])) == sorted(
-        (f"{e['name']} (renommé)",) for e in renamed)
+    names = a.query("SELECT name FROM events WHERE id = ANY(%s)", [str(e["_id"]) for e in renamed])
+    assert sorted(names) == sorted((f"{e['name']} (renommé)",) for e in renamed)
 
     a.loader("run")
     assert_same_tables(a, reference, "the run after the killed load")

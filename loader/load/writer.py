@@ -172,7 +172,7 @@ class _Writer:
                 plans.append((table, result))
                 results.append(result)
             for table, result in reversed(plans):  # children first
-                if result.mode in (FULL, INCREMENTAL):
+                if result.mode in (FULL, INCREMENTAL) and self._any(_removed(table)):
                     clock = time.perf_counter()
                     self._delete_dependants(table, sql.SQL("SELECT * FROM {}").format(_removed(table)), set())
                     result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
@@ -302,6 +302,9 @@ class _Writer:
 
     def _count(self, relation: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+
+    def _any(self, relation: sql.Identifier) -> bool:
+        return self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)).fetchone()[0]
 
 
 def _removed(table: Table) -> sql.Identifier:
