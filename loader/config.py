@@ -169,6 +169,10 @@ class Table:
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 
+    def is_forced(self, names: frozenset[str]) -> bool:
+        """Re-imported whole this run: named by the one-run flag, or `force_reimport` (5.7)."""
+        return self.name in names or self.force_reimport
+
     @property
     def natural_key(self) -> tuple[str, ...]:
         """The first unique constraint (the key of UPSERT-KEY and relationship rows)."""

@@ -19,15 +19,19 @@ NOTHING: frozenset[str] = frozenset()
 
 
 def forced_tables(tables: list[Table], force: bool) -> frozenset[str]:
-    """The tables a run re-imports whole: all of them with the flag, else those whose config
-    says force_reimport."""
-    return frozenset(t.name for t in tables if force or t.force_reimport)
+    """The tables the one-run flag forces (the stages add those whose config says force_reimport)."""
+    return frozenset(t.name for t in tables) if force else NOTHING
+
+
+def _full_extracts(config: Config, tables: list[Table], force: frozenset[str]) -> set[str]:
+    """Collections read by a forced table: extracted whole."""
+    return set(config.collections([t for t in tables if t.is_forced(force)]))
 
 
 def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
             force: frozenset[str] = NOTHING) -> list[Snapshot]:
     staging = Staging(settings.staging_dir)
-    full = set(config.collections([t for t in tables if t.name in force or t.force_reimport]))
+    full = _full_extracts(config, tables, force)
     with report.progress_bars("docs") as bars:
         snapshots = mongo.extract(settings, staging, config.projections(tables), report.Bars(bars) if progress else None, full=full)
     if summary:
@@ -66,13 +70,13 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
 def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:
     """Print what the next run would do, reading only the staging area and PostgreSQL's sync state."""
     staging = Staging(settings.staging_dir)
-    full = set(config.collections([t for t in tables if t.name in force or t.force_reimport]))
+    full = _full_extracts(config, tables, force)
     collections = {
         name: mongo.next_snapshot(staging, name, tuple(sorted(fields)), name in full, settings.watermark_overlap_seconds)[2]
         for name, fields in sorted(config.projections(tables).items())
     }
     try:
-        loads = writer.plan(settings, staging, tables)
+        loads = writer.plan(settings, staging, tables, force)
     except writer.DestinationError:
         loads = None
     for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):

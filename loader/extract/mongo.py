@@ -6,6 +6,9 @@ which keeps every BSON type recoverable, and DuckDB writes the batches to Parque
 columns `_id`, `creation_date`, `update_date` next to the document. Typing the document's fields
 is the transform's job, so a value of an unexpected type is never lost here (pymongoarrow would
 turn it into null or raise).
+
+The first snapshot of a collection is full; later ones are deltas (documents stamped at or
+after the watermark, plus tombstones of deleted documents, MAPPING.md 5.2), see loader/staging.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ from psycopg import sql
 
 from loader.config import Config, Table
 
+# The loader's own table: per target table, the staged state it holds (loader/load/writer.py).
+SYNC_STATE = "loader_sync_state"
+
 
 def create_table_sql(table: Table, schema: str) -> sql.Composed:
     definitions: list[sql.Composable] = []
@@ -55,9 +58,9 @@ def create_index_sql(table: Table, column: str, schema: str) -> sql.Composed:
 def sync_state_table_sql(schema: str) -> sql.Composed:
     """Per table, the staged state PostgreSQL holds (written with the table's rows)."""
     return sql.SQL(
-        "CREATE TABLE IF NOT EXISTS {}.loader_sync_state ("
+        "CREATE TABLE IF NOT EXISTS {}.{} ("
         "table_name TEXT PRIMARY KEY, state TEXT NOT NULL, rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL)"
-    ).format(sql.Identifier(schema))
+    ).format(sql.Identifier(schema), sql.Identifier(SYNC_STATE))
 
 
 def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:

@@ -33,7 +33,7 @@ from psycopg import sql
 from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier, sql_literal
-from loader.load.ddl import create_missing_tables
+from loader.load.ddl import SYNC_STATE, create_missing_tables
 from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging
@@ -48,7 +48,6 @@ class DestinationError(Exception):
     """PostgreSQL cannot be reached, or a table could not be written."""
 
 
-SYNC_STATE = "loader_sync_state"
 FULL, INCREMENTAL, UNCHANGED, TRUNCATED = "full", "incremental", "unchanged", "truncated"
 
 
@@ -93,7 +92,7 @@ def load(
         writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir), config, staging, settings.postgres_schema, hook)
         results = []
         for unit in _write_units(tables):
-            forced = {t.name for t in unit if t.name in force or t.force_reimport}
+            forced = {t.name for t in unit if t.is_forced(force)}
             truncated = {t.name for t in unit if t.name in forced and (t.name in truncate or t.truncate_before_import)}
             try:
                 results.extend(writer.write(unit, forced, truncated))
@@ -104,19 +103,22 @@ def load(
         return results
 
 
-def plan(settings: Settings, staging: Staging, tables: list[Table]) -> dict[str, str]:
+def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
     """What the next load would do per table (read-only)."""
     with connect(settings) as conn:
         loaded = _sync_states(conn, settings.postgres_schema)
-    return {t.name: _mode(staging, t, loaded.get(t.name), forced=t.force_reimport) for t in tables}
+    return {
+        t.name: _mode(staging, t.name, staging.table_state(t.name), loaded.get(t.name), forced=t.is_forced(force)) for t in tables
+    }
 
 
-def _mode(staging: Staging, table: Table, loaded: str | None, forced: bool) -> str:
+def _mode(staging: Staging, table: str, state: str | None, loaded: str | None, forced: bool) -> str:
+    """How to bring PostgreSQL (holding state `loaded`) to the staged `state`."""
     if forced or loaded is None:
         return FULL
-    if loaded == staging.table_state(table.name):
+    if loaded == state:
         return UNCHANGED
-    return INCREMENTAL if staging.loaded_file(table.name, loaded).exists() else FULL
+    return INCREMENTAL if staging.loaded_file(table, loaded).exists() else FULL
 
 
 def _sync_states(conn: psycopg.Connection, schema: str) -> dict[str, str]:
@@ -159,7 +161,7 @@ class _Writer:
             for table in unit:
                 clock = time.perf_counter()
                 state = self.staging.table_state(table.name)
-                mode = TRUNCATED if table.name in truncated else _mode(self.staging, table, loaded.get(table.name), table.name in forced)
+                mode = TRUNCATED if table.name in truncated else _mode(self.staging, table.name, state, loaded.get(table.name), table.name in forced)
                 result = LoadResult(table.name, mode, rows=self._count(self._staged(table)), note=notes.get(table.name, ""))
                 if mode != UNCHANGED:
                     baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None

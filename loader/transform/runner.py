@@ -1,15 +1,19 @@
 """Transform stage: DuckDB SQL over the staged snapshots -> one Parquet file per target table.
 
 Per table, in load order:
-  1. the strategy's SQL file (loader/transform/sql/) selects the table's records: one small JSON
-     document per future row, or a record without row (`_dropped`: a skip or a warning);
-  2. the typing step converts and checks every column (loader/transform/typing.py);
-  3. foreign keys are checked against the rows accepted for the parent tables (C10): a dangling
-     nullable reference is nulled with a warning, a dangling required one rejects the row;
-  4. UPSERT-KEY tables merge their rows per key with the "latest timestamps" rule (5.5);
-  5. accepted rows go to staging/tables/<table>.parquet, rejects, skips and warnings with their
-     reason to staging/issues/<table>.parquet, the keys whose rows the load replaces to
-     staging/scopes/<table>.parquet, counts to staging/transform.json.
+  1. the units to re-derive: all of them in a full run, else those the strategy's select SQL
+     (loader/transform/sql/select_*.sql) picks from the documents changed since the table's
+     last transform;
+  2. the strategy's SQL file selects the records of those units: one small JSON document per
+     future row, or a record without row (`_dropped`: a skip or a warning);
+  3. the typing step converts and checks every column (loader/transform/typing.py); typed rows
+     and dropped records replace the units' previous ones in staging/derived/<table>.parquet;
+  4. over every derived row of the table: foreign keys are checked against the parent tables'
+     staged rows (C10: a dangling nullable reference is nulled with a warning, a dangling
+     required one rejects the row) and UPSERT-KEY rows are merged per key (5.5);
+  5. the rows go to staging/tables/<table>.parquet, rejects, skips and warnings with their
+     reason to staging/issues/<table>.parquet, counts and the snapshots consumed to
+     staging/transform.json.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class _Run:
         self.con, self.settings, self.staging, self.force = con, settings, staging, force
         self.state = staging.transform_state()
         self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
+        self.states: dict[str, str | None] = {}  # table -> hash of its staged rows, until rewritten
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
@@ -98,7 +103,7 @@ class _Run:
     def full_reason(self, table: Table) -> str | None:
         """Why the table must be re-derived whole, or None when an incremental run is possible."""
         state = self.state.get(table.name)
-        if table.name in self.force or table.force_reimport:
+        if table.is_forced(self.force):
             return "forced"
         if not state or not self.staging.derived_file(table.name).exists():
             return "first transform"
@@ -118,7 +123,7 @@ class _Run:
         units = None if full else self._select_units(first)
         views = self._source_views(first, units)
         values = self._placeholders(first, views)
-        if first.strategy.prepare and (full or self._count("units")):
+        if first.strategy.prepare and (units is None or self._count(units)):
             duck.run(self.con, sql_file(first.strategy.prepare, values))
         results = []
         for table in tables:
@@ -228,17 +233,24 @@ FROM records WHERE _dropped IS NOT NULL""")
     def _outputs_stale(self, table: Table) -> bool:
         """The outputs were not computed from the current parents' rows (or are missing)."""
         state = self.state.get(table.name, {})
-        return state.get("output") != self.staging.table_state(table.name) or state.get("parents") != self._parent_hashes(table)
+        return state.get("output") != self._table_state(table.name) or state.get("parents") != self._parent_hashes(table)
 
     def _parent_hashes(self, table: Table) -> dict[str, str | None]:
         parents = sorted({c.foreign_key.table for c in table.foreign_keys if c.foreign_key.table != table.name})
-        return {p: self.staging.table_state(p) for p in parents}
+        return {p: self._table_state(p) for p in parents}
+
+    def _table_state(self, name: str) -> str | None:
+        """Staging.table_state, hashed once per file version in a run."""
+        if name not in self.states:
+            self.states[name] = self.staging.table_state(name)
+        return self.states[name]
 
     def _finish(self, table: Table, derived: str) -> None:
         """Foreign keys and UPSERT-KEY merging over every derived row of the table."""
         typed = f"(SELECT * EXCLUDE (_unit, _dropped, _dropped_value) FROM {derived} WHERE _dropped IS NULL)"
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {_merge_check_sql(table, _foreign_key_sql(table, typed, self.staging))}")
         _copy_atomically(self.con, _accepted_rows_sql(table, "checked"), self.staging.table_file(table.name))
+        self.states.pop(table.name, None)
         _copy_atomically(self.con, _issues_sql(table, "checked", derived), self.staging.issues_file(table.name))
 
     def _counts(self, table: Table, mode: str, documents: int) -> TableResult:
@@ -258,10 +270,9 @@ FROM records WHERE _dropped IS NOT NULL""")
 
     def _record(self, table: Table, result: TableResult, consumed: dict[str, str]) -> None:
         self.state[table.name] = asdict(result) | {
-            "timezone": self.settings.source_timezone,
             "fingerprint": self.fingerprint(table),
             "consumed": {c: consumed[c] for c in table.sources()},
-            "output": self.staging.table_state(table.name),
+            "output": self._table_state(table.name),
             "parents": self._parent_hashes(table),
         }
         self.staging.write_transform_report({"finished_at": utc_now().isoformat(), "tables": self.state})
