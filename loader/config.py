@@ -192,7 +192,7 @@ class Table:
         return tuple(c.name for c in self.columns if c.family == "timestamp" and c.name not in self.natural_key)
 
     def sources(self) -> dict[str, set[str]]:
-        """Collection -> top-level fields this table reads (the extract projection)."""
+        """Collection -> top-level fields this table reads."""
         needed: dict[str, set[str]] = {
             self.collection: {"_id", "creation_date", "update_date"}
         }
@@ -234,12 +234,6 @@ class Config:
             for collection, fields in table.sources().items():
                 needed.setdefault(collection, set()).update(fields)
         return needed
-
-    def projections(self, tables: list[Table]) -> dict[str, set[str]]:
-        """The collections the given tables read, each with the fields every table of the mapping
-        reads from it: a snapshot taken for some tables stays usable by all of them."""
-        every = self.collections()
-        return {collection: every[collection] for collection in self.collections(tables)}
 
 
 # ---------------------------------------------------------------- loading

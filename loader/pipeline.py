@@ -33,7 +33,7 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
     staging = Staging(settings.staging_dir)
     full = _full_extracts(config, tables, force)
     with report.progress_bars("docs") as bars:
-        snapshots = mongo.extract(settings, staging, config.projections(tables), report.Bars(bars) if progress else None, full=full)
+        snapshots = mongo.extract(settings, staging, list(config.collections(tables)), report.Bars(bars) if progress else None, full=full)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
@@ -72,8 +72,8 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
     staging = Staging(settings.staging_dir)
     full = _full_extracts(config, tables, force)
     collections = {
-        name: mongo.next_snapshot(staging, name, tuple(sorted(fields)), name in full, settings.watermark_overlap_seconds)[2]
-        for name, fields in sorted(config.projections(tables).items())
+        name: mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)[2]
+        for name in sorted(config.collections(tables))
     }
     try:
         loads = writer.plan(settings, staging, tables, force)

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(5000, alias="BATCH_SIZE", gt=0)
     # Deltas start this many seconds before the watermark (clock skew between app servers, 5.2).
     watermark_overlap_seconds: int = Field(0, alias="WATERMARK_OVERLAP_SECONDS", ge=0)
+    # Collections staged in parallel.
+    extract_workers: int = Field(2, alias="EXTRACT_WORKERS", gt=0)
+    # Parallel cursors (contiguous _id ranges) reading a large collection's full snapshot; pays on
+    # a server that serves _id ranges from its index (mongod), not on one that scans (SecantusDB).
+    extract_ranges: int = Field(1, alias="EXTRACT_RANGES", gt=0)
     # Seconds to wait for a server before giving up with a one-line error.
     connect_timeout: int = Field(5, alias="CONNECT_TIMEOUT", gt=0)
     staging_dir: Path = Field(Path("staging"), alias="LOADER_STAGING_DIR")

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +60,7 @@ class Snapshot:
     source_missing: bool  # the collection does not exist in the source
     deleted: int = 0  # tombstones recorded
     since: str | None = None  # delta: the documents stamped at or after this instant
-    fields: tuple[str, ...] = ()  # the projection; a different one needs a full snapshot
+    fields: tuple[str, ...] = ()  # a projection (older snapshots); empty: whole documents
 
     @property
     def watermark(self) -> str | None:
@@ -78,6 +79,7 @@ def new_snapshot_id(now: datetime | None = None) -> str:
 class Staging:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._manifest_lock = threading.Lock()
 
     # ------------------------------------------------------------ layout
     @property
@@ -127,9 +129,10 @@ class Staging:
         """Make a complete snapshot visible: rename its directory, then record it."""
         final = self.snapshot_dir(snapshot.collection, snapshot.id)
         os.replace(scratch, final)
-        manifest = self.read_manifest()
-        manifest["collections"].setdefault(snapshot.collection, []).append(asdict(snapshot))
-        self._write_manifest(manifest)
+        with self._manifest_lock:  # collections are staged in parallel threads
+            manifest = self.read_manifest()
+            manifest["collections"].setdefault(snapshot.collection, []).append(asdict(snapshot))
+            self._write_manifest(manifest)
 
     def discard_scratch(self) -> None:
         """Remove leftovers of interrupted extracts (never visible to readers)."""

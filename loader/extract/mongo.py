@@ -1,11 +1,14 @@
 """MongoDB -> staged Parquet snapshots.
 
-Each needed collection is read with one cursor, projected to the fields the config uses, as raw
-BSON (no Python dicts): libbson (python-bsonjs) turns each document into relaxed Extended JSON,
-which keeps every BSON type recoverable, and DuckDB writes the batches to Parquet with the typed
-columns `_id`, `creation_date`, `update_date` next to the document. Typing the document's fields
-is the transform's job, so a value of an unexpected type is never lost here (pymongoarrow would
-turn it into null or raise).
+Each needed collection is read whole (every field: a mapping change that reads another field
+is rebuilt from the staging, without MongoDB) as raw BSON batches (no Python dicts): libbson
+(python-bsonjs) turns each document into relaxed Extended JSON, which keeps every BSON type
+recoverable, and DuckDB writes the batches to Parquet with the typed columns `_id`,
+`creation_date`, `update_date` next to the document. Typing the document's fields is the
+transform's job, so a value of an unexpected type is never lost here (pymongoarrow would turn it
+into null or raise). Collections are staged in parallel (EXTRACT_WORKERS); the full snapshot of a large collection
+can be read by parallel cursors over contiguous `_id` ranges (EXTRACT_RANGES), never by
+skip/limit.
 
 The first snapshot of a collection is full; later ones are deltas (documents stamped at or
 after the watermark, plus tombstones of deleted documents, MAPPING.md 5.2), see loader/staging.py.
@@ -15,15 +18,18 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import bson
 import bsonjs
 import pyarrow as pa
 import pymongo
-from bson import json_util
+from bson import ObjectId, json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
@@ -41,6 +47,10 @@ PART_MAX_BYTES = 128 * 1024 * 1024
 _EMPTY_BATCH = pa.table({"doc": pa.array([], pa.large_string())})
 # A chain longer than this (a base and its deltas) is compacted into one base after an extract.
 MAX_DELTAS = 16
+# A full snapshot is read in parallel _id ranges from this many documents on (below, one cursor).
+PARALLEL_MIN_DOCUMENTS = 50_000
+# Server batches fetched ahead of the conversion, per cursor.
+PREFETCH_BATCHES = 2
 _REJECT_SCHEMA = pa.schema([("_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
@@ -74,23 +84,26 @@ def connect(settings: Settings) -> pymongo.MongoClient:
 def extract(
     settings: Settings,
     staging: Staging,
-    collections: dict[str, set[str]],
+    collections: list[str],
     on_progress: ProgressHook | None = None,
     full: set[str] = frozenset(),
 ) -> list[Snapshot]:
-    """Stage each collection (name -> projected fields): a delta snapshot of what changed since
-    its watermark, or a full snapshot (first extract, projection changed, or named in `full`)."""
+    """Stage each collection: a delta snapshot of what changed since its watermark, or a full
+    snapshot (first extract, staged with a projection, or named in `full`)."""
     client = connect(settings)
     try:
         db = client[settings.mongodb_database]
         existing = set(db.list_collection_names())
         staging.discard_scratch()
         con = duck.connect(spill_dir=staging.tmp_dir)
-        snapshots = []
-        for name, fields in sorted(collections.items()):
-            source = Source(db, name, tuple(sorted(fields)), name in existing, settings.batch_size)
-            snapshots.append(stage_collection(con, staging, source, name in full, settings.watermark_overlap_seconds, on_progress))
-        return snapshots
+
+        def stage(name: str) -> Snapshot:
+            source = Source(db, name, name in existing, settings.batch_size)
+            return stage_collection(con.cursor(), staging, source, name in full, settings.watermark_overlap_seconds,
+                                    settings.extract_ranges, on_progress)
+
+        with ThreadPoolExecutor(max_workers=settings.extract_workers) as pool:  # collections in parallel
+            return list(pool.map(stage, sorted(collections)))
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -99,55 +112,93 @@ def extract(
 
 @dataclass
 class Source:
-    """One collection as the extract reads it: projected raw BSON documents, in batches."""
+    """One collection as the extract reads it: raw BSON documents, one list per server batch."""
 
     db: pymongo.database.Database
     name: str
-    fields: tuple[str, ...]
     exists: bool
     batch_size: int
 
-    @property
-    def collection(self):
-        return self.db.get_collection(self.name, codec_options=RAW)
-
-    def find(self, query: dict, projection: tuple[str, ...] | None = None) -> Iterator[list[RawBSONDocument]]:
+    def read(self, query: dict, projection: dict | None = None) -> Iterator[list[RawBSONDocument]]:
         if not self.exists:
-            return iter(())
-        fields = self.fields if projection is None else projection
-        cursor = self.collection.find(query, projection={f: 1 for f in fields}, batch_size=self.batch_size)
-        return _chunks(cursor, self.batch_size)
+            return
+        batches = self.db[self.name].find_raw_batches(query, projection, batch_size=self.batch_size)
+        for batch in _prefetched(batches, PREFETCH_BATCHES):
+            yield bson.decode_all(batch, RAW)
 
     def count(self) -> int:
-        return self.collection.count_documents({}) if self.exists else 0
+        """The collection's document count from its metadata (no scan)."""
+        return self.db[self.name].estimated_document_count() if self.exists else 0
+
+    def id_ranges(self, parts: int) -> list[dict]:
+        """Filters splitting the collection into `parts` contiguous `_id` ranges, cut evenly
+        between the lowest and the highest ObjectId; one unbounded filter when the `_id`s are
+        not all ObjectIds (lowest and highest are, so everything between is)."""
+        if parts < 2:
+            return [{}]
+        ends = [next(iter(self.db[self.name].find({}, {"_id": 1}).sort("_id", order).limit(1)), None) for order in (1, -1)]
+        if not all(end and isinstance(end["_id"], ObjectId) for end in ends):
+            return [{}]
+        low, high = (int.from_bytes(end["_id"].binary, "big") for end in ends)
+        cuts = [ObjectId((low + (high - low) * i // parts).to_bytes(12, "big")) for i in range(1, parts)]
+        bounds = [None, *cuts, None]
+        return [{"_id": {op: b for op, b in (("$gte", lo), ("$lt", hi)) if b is not None}} for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _prefetched(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
+    """Iterate in a background thread, `depth` items ahead: the server sends the next batches
+    while this thread converts the last one (batches are bounded by the server, 16 MB)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one thread: next() calls stay in order
+        pending = deque(pool.submit(next, items, None) for _ in range(depth))
+        while (item := pending.popleft().result()) is not None:
+            pending.append(pool.submit(next, items, None))
+            yield item
+
+
+def delta_queries(since: datetime) -> list[dict]:
+    """Documents stamped at or after `since` (MAPPING.md 5.2) as two single-field range queries,
+    each served by an index on its field (an $or of both is a collection scan on some servers);
+    the second leaves out what the first returns."""
+    return [
+        {"creation_date": {"$gte": since}},
+        {"update_date": {"$gte": since}, "creation_date": {"$not": {"$gte": since}}},
+    ]
 
 
 def stage_collection(
-    con, staging: Staging, source: Source, force_full: bool, overlap_seconds: int, on_progress: ProgressHook | None = None
+    con, staging: Staging, source: Source, force_full: bool, overlap_seconds: int, ranges: int = 1,
+    on_progress: ProgressHook | None = None,
 ) -> Snapshot:
     """Write one snapshot of a collection; a delta without change is not recorded."""
     hook = on_progress or ProgressHook()
     snapshot_id = new_snapshot_id()
     started, clock = utc_now(), time.perf_counter()
     scratch = staging.begin_snapshot(source.name, snapshot_id)
-    full, since, _ = next_snapshot(staging, source.name, source.fields, force_full, overlap_seconds)
-    query = {} if since is None else {"$or": [{"creation_date": {"$gte": since}}, {"update_date": {"$gte": since}}]}
+    full, since, _ = next_snapshot(staging, source.name, force_full, overlap_seconds)
+    count = source.count()
+    if not full:
+        queries = delta_queries(since) if since else [{}]
+    elif count >= PARALLEL_MIN_DOCUMENTS:
+        queries = source.id_ranges(ranges)
+    else:
+        queries = [{}]
 
-    writer = _PartWriter(con, scratch)
+    hook.start(source.name, count if full else 0)
+    writers = [_PartWriter(con.cursor(), scratch, prefix=f"part-{i:03d}") for i in range(len(queries))]
     rejects: list[Reject] = []
-    hook.start(source.name, source.collection.estimated_document_count() if full and source.exists else 0)
-    for chunk in source.find(query):
-        writer.add_all(_to_extended_json(chunk, rejects))
-        hook.advance(source.name, len(chunk))
-    writer.close()
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        for found in pool.map(lambda task: _stage_documents(source, *task, hook), zip(queries, writers)):
+            rejects += found
+    if full:
+        writers[0].close(keep_empty=True)
     deleted = 0
     if not full:
-        deleted = _detect_deletions(con, staging, source, scratch, writer, rejects, hook)
+        deleted = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
     hook.finish(source.name)
     if rejects:
         _write_rejects(con, rejects, scratch / "rejects.parquet")
 
-    documents, max_created, max_updated = _part_stats(con, writer.parts)
+    documents, max_created, max_updated = _part_stats(con, [p for w in writers for p in w.parts])
     snapshot = Snapshot(
         collection=source.name,
         id=snapshot_id,
@@ -163,7 +214,6 @@ def stage_collection(
         source_missing=not source.exists,
         deleted=deleted,
         since=since.isoformat() if since else None,
-        fields=source.fields,
     )
     if full or documents or deleted or rejects:
         staging.commit_snapshot(scratch, snapshot)
@@ -174,11 +224,20 @@ def stage_collection(
     return snapshot
 
 
-def next_snapshot(staging: Staging, name: str, fields: tuple[str, ...], force_full: bool,
-                  overlap_seconds: int) -> tuple[bool, datetime | None, str]:
+def _stage_documents(source: Source, query: dict, writer: _PartWriter, hook: ProgressHook) -> list[Reject]:
+    """Read the documents of one query into a part writer; returns the undecodable ones."""
+    rejects: list[Reject] = []
+    for documents in source.read(query):
+        writer.add_all(_to_extended_json(documents, rejects))
+        hook.advance(source.name, len(documents))
+    writer.close()
+    return rejects
+
+
+def next_snapshot(staging: Staging, name: str, force_full: bool, overlap_seconds: int) -> tuple[bool, datetime | None, str]:
     """(full?, start of the delta, why) of the next snapshot of a collection."""
     base = next((s for s in reversed(staging.snapshots(name)) if s.kind in BASES), None)
-    reason = "forced" if force_full else "first extract" if base is None else "projection changed" if base.fields != fields else None
+    reason = "forced" if force_full else "first extract" if base is None else "staged with a projection" if base.fields else None
     if reason:
         return True, None, f"full ({reason})"
     since = _delta_start(staging.watermark(name), overlap_seconds)
@@ -192,24 +251,26 @@ def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None
     return datetime.fromisoformat(watermark).replace(tzinfo=timezone.utc) - timedelta(seconds=overlap_seconds)
 
 
-def _detect_deletions(con, staging: Staging, source: Source, scratch: Path, writer: _PartWriter,
+def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch: Path, writers: list[_PartWriter],
                       rejects: list[Reject], hook: ProgressHook) -> int:
     """Tombstones for documents gone from the source. Counting is enough when nothing was
     deleted: the source must hold the staged live documents plus the new ones of this delta.
     Otherwise the _id set is read (ids.parquet) and compared; documents the delta missed
     because they carry no timestamp are fetched as well."""
     view = staging.view_sql(source.name)
+    parts = [p for w in writers for p in w.parts]
+    read = f"SELECT _id FROM {duck.parquet_source(parts)}" if parts else "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"
+    writer = writers[-1]
     staged, new = con.execute(
-        f"SELECT (SELECT count(*) FROM ({view})), "
-        f"(SELECT count(*) FROM (SELECT _id FROM {duck.parquet_source(writer.parts)} ANTI JOIN ({view}) USING (_id)))"
+        f"SELECT (SELECT count(*) FROM ({view})), (SELECT count(*) FROM ({read}) ANTI JOIN ({view}) USING (_id))"
     ).fetchall()[0]
-    if source.count() == staged + new:
+    if count == staged + new:
         return 0
     ids = _PartWriter(con, scratch, prefix="ids")
-    for chunk in source.find({}, projection=("_id",)):
-        ids.add_all(_to_extended_json(chunk, rejects))
-    ids.close()
-    known = f"SELECT _id FROM ({view}) UNION SELECT _id FROM {duck.parquet_source(writer.parts)}"
+    for documents in source.read({}, {"_id": 1}):
+        ids.add_all(_to_extended_json(documents, rejects))
+    ids.close(keep_empty=True)
+    known = f"SELECT _id FROM ({view}) UNION {read}"
     unseen = [
         json_util.loads(doc)["_id"]
         for (doc,) in con.execute(
@@ -217,10 +278,10 @@ def _detect_deletions(con, staging: Staging, source: Source, scratch: Path, writ
         ).fetchall()
     ]
     for start in range(0, len(unseen), source.batch_size):
-        for chunk in source.find({"_id": {"$in": unseen[start:start + source.batch_size]}}):
-            writer.add_all(_to_extended_json(chunk, rejects))
-            hook.advance(source.name, len(chunk))
-    writer.flush_remaining()
+        for documents in source.read({"_id": {"$in": unseen[start:start + source.batch_size]}}):
+            writer.add_all(_to_extended_json(documents, rejects))
+            hook.advance(source.name, len(documents))
+    writer.close()
     tombstones = scratch / "tombstones.parquet"
     duck.run(con, f"COPY (SELECT _id FROM ({view}) ANTI JOIN {duck.parquet_source(ids.parts)} USING (_id) ORDER BY _id) "
                   f"TO {duck.sql_literal(str(tombstones))} (FORMAT parquet)")
@@ -267,17 +328,6 @@ def _part_stats(con, parts: list[Path]) -> tuple[int, datetime | None, datetime 
     ).fetchall()[0]
 
 
-def _chunks(cursor: Iterable[RawBSONDocument], size: int) -> Iterator[list[RawBSONDocument]]:
-    chunk: list[RawBSONDocument] = []
-    for document in cursor:
-        chunk.append(document)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _to_extended_json(documents: list[RawBSONDocument], rejects: list[Reject]) -> list[str]:
     """Relaxed Extended JSON of each document; undecodable ones (invalid UTF-8...) are rejected."""
     out = []
@@ -321,12 +371,10 @@ class _PartWriter:
         if len(self._buffer) >= PART_MAX_DOCUMENTS or self._bytes >= PART_MAX_BYTES:
             self._flush()
 
-    def close(self) -> None:
-        if self._buffer or not self.parts:  # an empty collection still gets one (empty) part
-            self._flush()
-
-    def flush_remaining(self) -> None:
-        if self._buffer:
+    def close(self, keep_empty: bool = False) -> None:
+        """Write what is buffered; with `keep_empty`, an empty part if none was written (an empty
+        collection's full snapshot still has a file to read)."""
+        if self._buffer or (keep_empty and not self.parts):
             self._flush()
 
     def _flush(self) -> None:

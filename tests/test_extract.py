@@ -1,0 +1,99 @@
+"""The extract against SecantusDB: whole documents, parallel `_id` ranges, delta queries."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+
+from loader import duck
+from loader.extract import mongo
+from loader.staging import FULL, Staging
+
+T0 = datetime(2024, 3, 1, 12, 0)
+_databases = itertools.count()
+
+
+@pytest.fixture
+def db(mongo):
+    with MongoClient(mongo.url) as client:
+        yield client[f"extract_{next(_databases)}"]
+
+
+def stage(db, staging: Staging, name: str, ranges: int = 1, force_full: bool = False):
+    source = mongo.Source(db, name, name in db.list_collection_names(), batch_size=100)
+    return mongo.stage_collection(duck.connect(), staging, source, force_full, overlap_seconds=0, ranges=ranges)
+
+
+def staged_documents(staging: Staging, name: str) -> dict[str, dict]:
+    rows = duck.connect().execute(f"SELECT _id, doc FROM ({staging.view_sql(name)})").fetchall()
+    assert len(rows) == len({_id for _id, _ in rows}), "an _id is staged twice"
+    return {_id: json.loads(doc) for _id, doc in rows}
+
+
+def documents(count: int, **fields) -> list[dict]:
+    return [{"_id": ObjectId(), "n": i, "creation_date": T0, "update_date": T0, **fields} for i in range(count)]
+
+
+def test_parallel_ranges_stage_every_document_once(db, tmp_path, monkeypatch):
+    db.items.insert_many(documents(1_000))
+    monkeypatch.setattr(mongo, "PARALLEL_MIN_DOCUMENTS", 0)
+    one, three = Staging(tmp_path / "one"), Staging(tmp_path / "three")
+    stage(db, one, "items", ranges=1)
+    snapshot = stage(db, three, "items", ranges=3)
+    parts = three.document_parts(snapshot)
+    assert {p.name.split("-")[1] for p in parts} == {"000", "001", "002"}  # three ranges were read
+    assert snapshot.documents == 1_000
+    assert staged_documents(three, "items") == staged_documents(one, "items")
+
+
+def test_ids_that_are_not_all_object_ids_are_read_by_one_cursor(db, tmp_path, monkeypatch):
+    db.items.insert_many(documents(50) + [{"_id": f"key-{i}", "n": i} for i in range(50)] + [{"_id": 7, "n": 0}])
+    monkeypatch.setattr(mongo, "PARALLEL_MIN_DOCUMENTS", 0)
+    staging = Staging(tmp_path)
+    snapshot = stage(db, staging, "items", ranges=3)
+    assert {p.name.split("-")[1] for p in staging.document_parts(snapshot)} == {"000"}
+    assert len(staged_documents(staging, "items")) == 101
+
+
+def test_whole_documents_are_staged(db, tmp_path):
+    db.users.insert_one({"_id": ObjectId(), "creation_date": T0, "not_in_the_mapping": {"deep": [1, 2]}})
+    staging = Staging(tmp_path)
+    stage(db, staging, "users")
+    [document] = staged_documents(staging, "users").values()
+    assert document["not_in_the_mapping"] == {"deep": [1, 2]}
+
+
+def test_a_delta_reads_each_changed_document_once(db, tmp_path):
+    earlier = T0 - timedelta(hours=3)
+    db.items.insert_many(documents(10, creation_date=earlier, update_date=earlier))
+    at_watermark = ObjectId()
+    db.items.insert_one({"_id": at_watermark, "creation_date": earlier, "update_date": T0})
+    staging = Staging(tmp_path)
+    stage(db, staging, "items")
+    later = T0 + timedelta(hours=1)
+    created, updated, both = ObjectId(), ObjectId(), ObjectId()
+    db.items.insert_many([
+        {"_id": created, "creation_date": later},  # no update_date
+        {"_id": updated, "creation_date": T0 - timedelta(days=1), "update_date": later},
+        {"_id": both, "creation_date": later, "update_date": later},
+    ])
+    delta = stage(db, staging, "items")
+    parts = duck.parquet_source(staging.document_parts(delta))
+    ids = [i for (i,) in duck.connect().execute(f"SELECT _id FROM {parts}").fetchall()]
+    assert sorted(ids) == sorted(str(i) for i in (created, updated, both, at_watermark))  # inclusive watermark
+
+
+def test_a_snapshot_staged_with_a_projection_is_replaced_by_a_full_one(db, tmp_path):
+    db.items.insert_many(documents(5))
+    staging = Staging(tmp_path)
+    stage(db, staging, "items")
+    manifest = staging.read_manifest()
+    manifest["collections"]["items"][0]["fields"] = ["_id", "n"]  # as an older loader wrote it
+    staging.manifest_path.write_text(json.dumps(manifest))
+    assert mongo.next_snapshot(staging, "items", False, 0)[2] == "full (staged with a projection)"
+    assert stage(db, staging, "items").kind == FULL
