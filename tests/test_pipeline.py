@@ -89,6 +89,22 @@ def test_relation_issues_are_recorded_with_their_reason(loaded, relations, table
     assert {i: r for k, i, r in issues if k == "skip"} == expected.skips
 
 
+def test_every_foreign_key_is_in_place_and_validated_after_the_bulk_load(loaded):
+    """The first load COPies into empty tables with their foreign keys dropped and added back."""
+    config = load_config(ROOT / "config" / "schemas.yaml")
+    expected = {(t.name, c.name, c.foreign_key.table) for t in config.ordered() for c in t.foreign_keys}
+    env = loaded["env"]
+    with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],
+                         user=env["POSTGRES_USER"]) as conn:
+        found = conn.execute(
+            """SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text, c.convalidated
+               FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+               WHERE c.contype = 'f'"""
+        ).fetchall()
+    assert {(t, col, parent) for t, col, parent, _ in found} == expected
+    assert all(validated for *_, validated in found)
+
+
 def test_recommended_indexes_exist(loaded):
     env = loaded["env"]
     with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],

@@ -157,24 +157,28 @@ class _Writer:
                     cascaded = self._truncate(table)
                     notes[table.name] = f"truncated; cascade emptied: {', '.join(cascaded) or 'none'}"
                     loaded = _sync_states(self.conn, self.schema)
-            plans = []
+            plans, merged = [], set()
             for table in unit:
                 clock = time.perf_counter()
                 state = self.staging.table_state(table.name)
                 mode = TRUNCATED if table.name in truncated else _mode(self.staging, table.name, state, loaded.get(table.name), table.name in forced)
                 result = LoadResult(table.name, mode, rows=self._count(self._staged(table)), note=notes.get(table.name, ""))
-                if mode != UNCHANGED:
+                if mode in (FULL, TRUNCATED) and self._is_empty(table):
+                    result.inserted = self._bulk_load(table)
+                    states[table.name] = state
+                elif mode != UNCHANGED:
                     baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None
                     self._stage_incoming(table, baseline)
                     _resolve_generated_keys(self.conn, table, self.schema)
                     self._stage_removed(table, baseline, mode)
                     result.inserted, result.updated = self.conn.execute(_merge_sql(table, self.schema)).fetchone()
                     states[table.name] = state
+                    merged.add(table.name)
                 result.seconds = time.perf_counter() - clock
                 plans.append((table, result))
                 results.append(result)
             for table, result in reversed(plans):  # children first
-                if result.mode in (FULL, INCREMENTAL) and self._any(_removed(table)):
+                if table.name in merged and self._any(_removed(table)):
                     clock = time.perf_counter()
                     self._delete_dependants(table, sql.SQL("SELECT * FROM {}").format(_removed(table)), set())
                     result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
@@ -188,6 +192,38 @@ class _Writer:
             result.unchanged = result.rows - result.inserted - result.updated
             result.seconds = round(result.seconds, 3)
         return results
+
+    # ------------------------------------------------------------ empty table: bulk load
+    def _is_empty(self, table: Table) -> bool:
+        return not self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{})").format(ident(self.schema), ident(table.name))).fetchone()[0]
+
+    def _bulk_load(self, table: Table) -> int:
+        """Fill an empty table: COPY straight into it (new UPSERT-KEY keys in key order), with its
+        foreign keys dropped during the COPY and added back after, which checks them in one join
+        instead of once per row (the transform has checked them already). A table with a
+        reference to a generated key goes through `_incoming_<table>` to resolve it. Returns
+        the rows written."""
+        foreign_keys = self.conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
+            [f"{sql_identifier(self.schema)}.{sql_identifier(table.name)}"],
+        ).fetchall()
+        target = sql.SQL("{}.{}").format(ident(self.schema), ident(table.name))
+        for name, _ in foreign_keys:
+            self.conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, ident(name)))
+        order = f" ORDER BY {', '.join(map(sql_identifier, table.natural_key))}" if table.strategy.kind == UPSERT_KEY else ""
+        if any(c.resolved_at_load for c in table.columns):
+            self._stage_incoming(table, None)
+            _resolve_generated_keys(self.conn, table, self.schema)
+            columns = ", ".join(map(sql_identifier, _written_columns(table)))
+            rows = self.conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}{}").format(
+                target, sql.SQL(columns), sql.SQL(columns), _incoming(table), sql.SQL(order))).rowcount
+        else:
+            columns = staged_columns(table)
+            rows = self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, columns))} FROM {self._staged(table)}{order}",
+                              target, columns, progress=True)
+        for name, definition in foreign_keys:  # definition: PostgreSQL's own text of the constraint
+            self.conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(target, ident(name), sql.SQL(definition)))
+        return rows
 
     # ------------------------------------------------------------ staged rows -> temporary tables
     def _staged(self, table: Table) -> str:
@@ -222,7 +258,7 @@ class _Writer:
                 removed=_removed(table), key=sql.SQL(", ").join(map(ident, key)),
                 target=sql.SQL("{}.{}").format(ident(self.schema), ident(table.name)), incoming=_incoming(table)))
 
-    def _copy(self, name: str, query: str, target: sql.Identifier, columns: list[str], progress: bool) -> None:
+    def _copy(self, name: str, query: str, target: sql.Composable, columns: list[str], progress: bool) -> int:
         csv_path = self.staging.tmp_dir / f"{name}.csv"
         rows = _write_csv(self.con, query, csv_path)
         if progress:
@@ -233,6 +269,7 @@ class _Writer:
             csv_path.unlink(missing_ok=True)
             if progress:
                 self.hook.finish(name)
+        return rows
 
     # ------------------------------------------------------------ deletes
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
@@ -365,7 +402,7 @@ def _write_csv(con, query: str, target: Path) -> int:
     return con.execute(f"COPY ({query}) TO {sql_literal(str(target))} (FORMAT csv, HEADER false, FORCE_QUOTE *)").fetchall()[0][0]
 
 
-def _copy_csv(conn: psycopg.Connection, table: sql.Identifier, path: Path, columns: list[str], rows: int, advance) -> None:
+def _copy_csv(conn: psycopg.Connection, table: sql.Composable, path: Path, columns: list[str], rows: int, advance) -> None:
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, sql.SQL(", ").join(map(ident, columns)))
     total = max(path.stat().st_size, 1)
     reported = 0
