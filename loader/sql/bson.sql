@@ -55,6 +55,8 @@ CREATE OR REPLACE MACRO bson_to_text(j) AS CASE bson_type(j)
     WHEN 'decimal' THEN json_extract_string(j, '$."$numberDecimal"')
     WHEN 'date' THEN strftime(timezone('UTC', bson_instant(j)), '%Y-%m-%dT%H:%M:%S.%gZ')
     END;
+-- Text shown for a value, '' when it is missing or null (question titles, answer texts).
+CREATE OR REPLACE MACRO bson_text_or_empty(j) AS coalesce(bson_to_text(bson_nn(j)), '');
 
 -- Integers (C6): doubles, decimals and numeric strings rounded half away from zero;
 -- the result is a DOUBLE so that the caller can range-check it before casting.

@@ -41,7 +41,7 @@ questions AS (
     FROM (SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions})
 ),
 templates AS (
-    SELECT _id AS id, coalesce(bson_to_text(bson_nn(json_extract(CAST(doc AS JSON), '$.title'))), '') AS title
+    SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
     FROM {src_quizzquestions}
 )
 SELECT f.moment_id, f.question_id, f.position, uq.q, t.title,
@@ -119,7 +119,7 @@ SELECT f.*, i.id IS NOT NULL AS single_found,
        CASE answered_by
            WHEN 'qcm_answers' THEN to_json(qcm)
            WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(CAST(bson_to_integer(scale) AS BIGINT) AS VARCHAR)), json_array(scale))
-           WHEN 'single_enum_answer' THEN to_json(CASE WHEN i.id IS NULL THEN single_id ELSE coalesce(bson_to_text(bson_nn(json_extract(i.d, '$.text'))), '') END)
+           WHEN 'single_enum_answer' THEN to_json(CASE WHEN i.id IS NULL THEN single_id ELSE bson_text_or_empty(json_extract(i.d, '$.text')) END)
            WHEN 'boolean_answer' THEN coalesce(to_json(CASE bson_to_boolean(bool) WHEN true THEN 'True' WHEN false THEN 'False' END), json_array(bool))
            WHEN 'document_answer' THEN document
            WHEN 'text_answer' THEN text

@@ -3,8 +3,15 @@
 -- a question's template (title) and option items (answer texts), and whether the candidate's
 -- users_logbook row exists (a moment without it is skipped as no_users_logbook_match).
 -- References are found as 24-hex tokens of the stored documents (ObjectId or hex string, C5):
--- a superset of the real links, which only costs a few extra candidates.
-WITH question_refs AS (   -- user question -> the templates and items it mentions
+-- a superset of the real links, which only costs a few extra candidates. A template reaches
+-- its (many) questions only when its title, the one field read from it, changed, or when it
+-- appeared or disappeared.
+WITH retitled_templates AS (
+    SELECT _id FROM {changed_quizzquestions}
+    GROUP BY _id
+    HAVING count(*) = 1 OR count(DISTINCT bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title'))) > 1
+),
+question_refs AS (   -- user question -> the templates and items it mentions
     SELECT _id AS question_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
     FROM {src_userquizzquestions}
 ),
@@ -14,7 +21,7 @@ touched_questions AS (
     SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') FROM {changed_items}  -- rule 3
     UNION
     SELECT question_id FROM question_refs
-    WHERE ref IN (SELECT _id FROM {changed_quizzquestions} UNION SELECT _id FROM {changed_items})
+    WHERE ref IN (SELECT _id FROM retitled_templates UNION SELECT _id FROM {changed_items})
 ),
 quiz_refs AS (   -- userquizz -> the user questions it lists
     SELECT _id AS moment_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
