@@ -303,8 +303,21 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
                             role="CUSTOMER", company=company["_id"], registered_events=[webinar["_id"]],
                             targets=[source.data["targets"][0]["_id"]])
     db.users.insert_one(newcomer)
+    # A question template retitled (every detail answering it shows the new title, 4.7), next to
+    # one touched without a title change (its questions need no re-derivation).
+    quizz_of = {q: uq["_id"] for uq in source.data["userquizzs"] for q in uq.get("questions", [])
+                if isinstance(q, ObjectId)}
+    moments = a.ids("users_logbooks_moments")
+    detailed = {q["quizz_question"] for q in source.data["userquizzquestions"]
+                if isinstance(q.get("quizz_question"), ObjectId) and generated.answered(q)
+                and str(quizz_of.get(q["_id"])) in moments}
+    retitled = pick.one("quizzquestions", lambda t: t["_id"] in detailed and isinstance(t.get("title"), str))
+    stamp(db, "quizzquestions", retitled["_id"], clock(), title=f"{retitled['title']} (reformulé)")
+    stamp(db, "quizzquestions", pick.one("quizzquestions", lambda t: t["_id"] in detailed)["_id"], clock())
 
     reference, added = synchronise("step 1 (updates and inserts)")
+    assert reference.query("SELECT 1 FROM users_logbooks_moments_details WHERE question = %s LIMIT 1",
+                           f"{retitled['title']} (reformulé)")
     assert str(newcomer["_id"]) in reference.ids("users") and str(company["_id"]) in reference.ids("companies")
     assert added["users"] and added["users"][-1]["kind"] == "delta", (
         f"no incremental extract of users: {added['users']}")
@@ -395,8 +408,6 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     at_mark = pick.one("users", loaded(loaded_users))
     stamp(db, "users", at_mark["_id"], watermark(db, "users"), firstname="Exactement au filigrane")
     moments = a.ids("users_logbooks_moments")
-    quizz_of = {q: uq["_id"] for uq in source.data["userquizzs"] for q in uq.get("questions", [])
-                if isinstance(q, ObjectId)}
     answer = pick.one("userquizzquestions", lambda q: q.get("text_answer") and str(quizz_of.get(q["_id"])) in moments)
     stamp(db, "userquizzquestions", answer["_id"], watermark(db, "userquizzquestions"),
           text_answer="Réponse au filigrane")
