@@ -68,6 +68,16 @@ def test_whole_documents_are_staged(db, tmp_path):
     assert document["not_in_the_mapping"] == {"deep": [1, 2]}
 
 
+def test_large_documents_are_staged_whole(db, tmp_path):
+    """pymongo hands a raw document of 4 KB or more over as a view of its batch, not as bytes."""
+    large = [{"_id": ObjectId(), "creation_date": T0, "text": "x" * size} for size in (5_000, 3_000_000)]
+    db.items.insert_many([*large, *documents(3)])
+    staging = Staging(tmp_path)
+    stage(db, staging, "items")
+    staged = staged_documents(staging, "items")
+    assert len(staged) == 5 and all(staged[str(d["_id"])]["text"] == d["text"] for d in large)
+
+
 def test_a_delta_reads_each_changed_document_once(db, tmp_path):
     earlier = T0 - timedelta(hours=3)
     db.items.insert_many(documents(10, creation_date=earlier, update_date=earlier))

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,8 +41,8 @@ from loader.staging import BASES, COMPACTED, DELTA, FULL, Snapshot, Staging, new
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
-PART_MAX_DOCUMENTS = 250_000
-PART_MAX_BYTES = 128 * 1024 * 1024
+PART_MAX_DOCUMENTS = 100_000
+PART_MAX_BYTES = 64 * 1024 * 1024
 
 _EMPTY_BATCH = pa.table({"doc": pa.array([], pa.large_string())})
 # A chain longer than this (a base and its deltas) is compacted into one base after an extract.
@@ -51,6 +51,8 @@ MAX_DELTAS = 16
 PARALLEL_MIN_DOCUMENTS = 50_000
 # Server batches fetched ahead of the conversion, per cursor.
 PREFETCH_BATCHES = 2
+# Parquet parts are written in the background while the next ones fill (DuckDB frees the GIL).
+_PART_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parquet-part")
 _REJECT_SCHEMA = pa.schema([("_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
@@ -175,10 +177,12 @@ def stage_collection(
     started, clock = utc_now(), time.perf_counter()
     scratch = staging.begin_snapshot(source.name, snapshot_id)
     full, since, _ = next_snapshot(staging, source.name, force_full, overlap_seconds)
-    count = source.count()
+    # The count serves the deletion check, the range split and the progress total; a full
+    # snapshot without those does not ask (some servers scan for it).
+    count = source.count() if not full or ranges > 1 or on_progress else 0
     if not full:
         queries = delta_queries(since) if since else [{}]
-    elif count >= PARALLEL_MIN_DOCUMENTS:
+    elif ranges > 1 and count >= PARALLEL_MIN_DOCUMENTS:
         queries = source.id_ranges(ranges)
     else:
         queries = [{}]
@@ -333,7 +337,8 @@ def _to_extended_json(documents: list[RawBSONDocument], rejects: list[Reject]) -
     out = []
     for document in documents:
         try:
-            out.append(bsonjs.dumps(document.raw))
+            raw = document.raw  # a document of 4 KB or more comes as a memoryview of its batch
+            out.append(bsonjs.dumps(raw if isinstance(raw, bytes) else bytes(raw)))
         except ValueError as exc:
             rejects.append(Reject(_raw_id(document), "undecodable_bson", str(exc)))
     return out
@@ -355,7 +360,8 @@ def _write_rejects(con, rejects: list[Reject], path: Path) -> None:
 
 
 class _PartWriter:
-    """Buffers Extended JSON documents and writes them as numbered Parquet parts."""
+    """Buffers Extended JSON documents and writes them as numbered Parquet parts, each while the
+    next one fills (at most one part in flight per writer: memory stays bounded)."""
 
     def __init__(self, con, directory: Path, prefix: str = "part"):
         self.con = con
@@ -364,6 +370,7 @@ class _PartWriter:
         self.parts: list[Path] = []
         self._buffer: list[str] = []
         self._bytes = 0
+        self._pending: Future | None = None
 
     def add_all(self, documents: list[str]) -> None:
         self._buffer.extend(documents)
@@ -372,16 +379,28 @@ class _PartWriter:
             self._flush()
 
     def close(self, keep_empty: bool = False) -> None:
-        """Write what is buffered; with `keep_empty`, an empty part if none was written (an empty
-        collection's full snapshot still has a file to read)."""
+        """Write what is buffered and wait for it; with `keep_empty`, an empty part if none was
+        written (an empty collection's full snapshot still has a file to read)."""
         if self._buffer or (keep_empty and not self.parts):
             self._flush()
+        self._wait()
 
     def _flush(self) -> None:
         path = self.directory / f"{self.prefix}-{len(self.parts):05d}.parquet"
         batch = pa.table({"doc": pa.array(self._buffer, pa.large_string())}) if self._buffer else _EMPTY_BATCH
+        self._wait()
+        self._pending = _PART_WRITES.submit(self._write, batch, path)
+        self.parts.append(path)
+        self._buffer, self._bytes = [], 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write(self, batch: pa.Table, path: Path) -> None:
         self.con.register("batch", batch)
-        duck.run(self.con, 
+        duck.run(self.con,
             f"""COPY (
                   SELECT bson_id(j) AS _id,
                          bson_to_timestamp(json_extract(j, '$.creation_date')) AS creation_date,
@@ -391,5 +410,3 @@ class _PartWriter:
                 ) TO {duck.sql_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"""
         )
         self.con.unregister("batch")
-        self.parts.append(path)
-        self._buffer, self._bytes = [], 0
