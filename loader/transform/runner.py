@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 
@@ -120,6 +120,11 @@ class _Run:
         first = tables[0]
         consumed = {c: self.staging.latest_id(c) for t in tables for c in t.sources()}
         full = any(self.full_reason(t) for t in tables)
+        if not full and self._untouched(tables, consumed):
+            results = [self._unchanged(t) for t in tables]
+            for table, result in zip(tables, results):
+                self._record(table, result, consumed)
+            return results
         units = None if full else self._select_units(first)
         views = self._source_views(first, units)
         values = self._placeholders(first, views)
@@ -162,6 +167,19 @@ class _Run:
         result = self._counts(table, mode, documents)
         result.seconds = round(time.perf_counter() - clock, 3)
         return result
+
+    def _untouched(self, tables: list[Table], consumed: dict[str, str]) -> bool:
+        """No snapshot since the tables' last transform and no parent rewritten since: their
+        outputs stand as they are."""
+        return all(
+            self.state[t.name]["consumed"].get(c) == consumed[c] for t in tables for c in t.sources()
+        ) and not any(self._outputs_stale(t) for t in tables)
+
+    def _unchanged(self, table: Table) -> TableResult:
+        """The counts of the table's last transform, as an unchanged result."""
+        previous = self.state[table.name]
+        counts = {f.name: previous[f.name] for f in fields(TableResult) if f.name in previous}
+        return TableResult(**counts | {"mode": UNCHANGED, "documents": 0, "seconds": 0.0})
 
     # ------------------------------------------------------------ selection
     def _select_units(self, table: Table) -> str:
