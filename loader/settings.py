@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Parallel cursors (contiguous _id ranges) reading a large collection's full snapshot; pays on
     # a server that serves _id ranges from its index (mongod), not on one that scans (SecantusDB).
     extract_ranges: int = Field(1, alias="EXTRACT_RANGES", gt=0)
+    # DuckDB's memory (extract, transform, load); beyond it, DuckDB spills to staging/tmp.
+    duckdb_memory_limit: str = Field("1GB", alias="DUCKDB_MEMORY_LIMIT")
     # Seconds to wait for a server before giving up with a one-line error.
     connect_timeout: int = Field(5, alias="CONNECT_TIMEOUT", gt=0)
     staging_dir: Path = Field(Path("staging"), alias="LOADER_STAGING_DIR")

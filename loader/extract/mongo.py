@@ -97,7 +97,7 @@ def extract(
         db = client[settings.mongodb_database]
         existing = set(db.list_collection_names())
         staging.discard_scratch()
-        con = duck.connect(spill_dir=staging.tmp_dir)
+        con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
 
         def stage(name: str) -> Snapshot:
             source = Source(db, name, name in existing, settings.batch_size)

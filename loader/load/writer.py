@@ -89,7 +89,7 @@ def load(
             raise DestinationError(f"table '{table.name}' has not been transformed yet: run `loader transform` first")
     with connect(settings) as conn:
         create_missing_tables(conn, config, settings.postgres_schema)
-        writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir), config, staging, settings.postgres_schema, hook)
+        writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit), config, staging, settings.postgres_schema, hook)
         results = []
         for unit in _write_units(tables):
             forced = {t.name for t in unit if t.is_forced(force)}

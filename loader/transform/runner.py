@@ -60,7 +60,7 @@ def transform(settings: Settings, config: Config, staging: Staging, tables: list
               force: frozenset[str] = frozenset()) -> list[TableResult]:
     """Transform the tables in load order; those named in `force` (or with force_reimport) are
     re-derived whole, the others only for the units their changed documents select."""
-    con = duck.connect(spill_dir=staging.tmp_dir)
+    con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     for collection in config.collections(tables):
         duck.run(con, f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS {staging.view_sql(collection)}")
     run = _Run(con, settings, staging, force)

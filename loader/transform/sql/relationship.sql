@@ -13,12 +13,14 @@ WITH parents AS (
     SELECT _id, CAST(doc AS JSON) AS d FROM {src}
 ),
 arrays(name, ref_key, constants) AS (VALUES {arrays}),
-fields AS (
-    SELECT p._id, p.d, a.name, a.ref_key, a.constants, json_extract(p.d, '$."' || a.name || '"') AS value
+fields AS (  -- the parent's timestamps, not the parent itself, go along with each element (arrays can be long)
+    SELECT p._id, a.name, a.ref_key, a.constants, json_extract(p.d, '$."' || a.name || '"') AS value,
+           bson_nn(json_extract(p.d, '$.creation_date')) AS parent_created,
+           bson_nn(json_extract(p.d, '$.update_date')) AS parent_updated
     FROM parents p CROSS JOIN arrays a
 ),
 elements AS (
-    SELECT _id, d, name, ref_key, constants,
+    SELECT _id, parent_created, parent_updated, name, ref_key, constants,
            unnest(json_extract(value, '$[*]')) AS element,
            unnest(range(1, CAST(json_array_length(value) AS BIGINT) + 1)) AS position
     FROM fields
@@ -33,7 +35,7 @@ numbered AS (
            row_number() OVER (PARTITION BY _id, name, target ORDER BY position) AS occurrence,
            coalesce(
                CASE WHEN {element_date} AND bson_type(element) = 'object' THEN bson_nn(json_extract(element, '$.date')) END,
-               bson_nn(json_extract(d, '$.creation_date'))
+               parent_created
            ) AS created
     FROM normalised
 )
@@ -43,7 +45,7 @@ SELECT _id AS _source_id, {collection} AS _source_collection,
                {parent_column}, _id,
                {element_column}, target,
                'creation_date', created,
-               'update_date', coalesce(bson_nn(json_extract(d, '$.update_date')), created)
+               'update_date', coalesce(parent_updated, created)
            ))
        END AS d,
        CASE WHEN target IS NULL THEN 'bad_reference' WHEN occurrence > 1 THEN 'duplicate_in_source' END AS _dropped
