@@ -42,6 +42,7 @@ MANIFEST_VERSION = 2
 FULL, DELTA, COMPACTED = "full", "delta", "compacted"
 BASES = (FULL, COMPACTED)
 DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
+NO_IDS = "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"  # an empty set of _ids, as a query
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
         touched = [
             f"SELECT _id FROM {parquet_source(self.document_parts(s))}" for s in later if s.kind == DELTA and s.documents
         ] + [f"SELECT _id FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})" for s in later if s.kind == DELTA and s.deleted]
-        return " UNION ".join(touched) if touched else "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"
+        return " UNION ".join(touched) if touched else NO_IDS
 
     def latest_id(self, collection: str) -> str:
         return self.snapshots(collection)[-1].id

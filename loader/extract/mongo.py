@@ -37,7 +37,7 @@ from pymongo.errors import PyMongoError
 from loader import duck
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import BASES, COMPACTED, DELTA, FULL, Snapshot, Staging, new_snapshot_id, utc_now
+from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, Snapshot, Staging, new_snapshot_id, utc_now
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
@@ -136,8 +136,6 @@ class Source:
         """Filters splitting the collection into `parts` contiguous `_id` ranges, cut evenly
         between the lowest and the highest ObjectId; one unbounded filter when the `_id`s are
         not all ObjectIds (lowest and highest are, so everything between is)."""
-        if parts < 2:
-            return [{}]
         ends = [next(iter(self.db[self.name].find({}, {"_id": 1}).sort("_id", order).limit(1)), None) for order in (1, -1)]
         if not all(end and isinstance(end["_id"], ObjectId) for end in ends):
             return [{}]
@@ -263,7 +261,7 @@ def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch
     because they carry no timestamp are fetched as well."""
     view = staging.view_sql(source.name)
     parts = [p for w in writers for p in w.parts]
-    read = f"SELECT _id FROM {duck.parquet_source(parts)}" if parts else "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"
+    read = f"SELECT _id FROM {duck.parquet_source(parts)}" if parts else NO_IDS
     writer = writers[-1]
     staged, new = con.execute(
         f"SELECT (SELECT count(*) FROM ({view})), (SELECT count(*) FROM ({read}) ANTI JOIN ({view}) USING (_id))"

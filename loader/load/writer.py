@@ -195,7 +195,7 @@ class _Writer:
 
     # ------------------------------------------------------------ empty table: bulk load
     def _is_empty(self, table: Table) -> bool:
-        return not self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{})").format(ident(self.schema), ident(table.name))).fetchone()[0]
+        return not self._any(_qualified(self.schema, table.name))
 
     def _bulk_load(self, table: Table) -> int:
         """Fill an empty table: COPY straight into it (new UPSERT-KEY keys in key order), with its
@@ -205,9 +205,9 @@ class _Writer:
         the rows written."""
         foreign_keys = self.conn.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
-            [f"{sql_identifier(self.schema)}.{sql_identifier(table.name)}"],
+            [_qualified(self.schema, table.name).as_string(self.conn)],
         ).fetchall()
-        target = sql.SQL("{}.{}").format(ident(self.schema), ident(table.name))
+        target = _qualified(self.schema, table.name)
         for name, _ in foreign_keys:
             self.conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, ident(name)))
         order = f" ORDER BY {', '.join(map(sql_identifier, table.natural_key))}" if table.strategy.kind == UPSERT_KEY else ""
@@ -256,7 +256,7 @@ class _Writer:
         else:  # full: everything PostgreSQL holds that is not staged (incoming holds every row)
             self.conn.execute(sql.SQL("INSERT INTO {removed} SELECT {key} FROM {target} EXCEPT SELECT {key} FROM {incoming}").format(
                 removed=_removed(table), key=sql.SQL(", ").join(map(ident, key)),
-                target=sql.SQL("{}.{}").format(ident(self.schema), ident(table.name)), incoming=_incoming(table)))
+                target=_qualified(self.schema, table.name), incoming=_incoming(table)))
 
     def _copy(self, name: str, query: str, target: sql.Composable, columns: list[str], progress: bool) -> int:
         csv_path = self.staging.tmp_dir / f"{name}.csv"
@@ -277,11 +277,11 @@ class _Writer:
         first) or, for a nullable reference, nulled."""
         for child, column in self._references_to(table):
             referenced = sql.SQL("SELECT t.{col} FROM {target} AS t WHERE ({key}) IN ({removed})").format(
-                col=ident(column.foreign_key.column), target=sql.SQL("{}.{}").format(ident(self.schema), ident(table.name)),
+                col=ident(column.foreign_key.column), target=_qualified(self.schema, table.name),
                 key=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(k)) for k in table.identity), removed=removed)
             rows = sql.SQL("SELECT {key} FROM {child} WHERE {column} IN ({referenced})").format(
                 key=sql.SQL(", ").join(map(ident, child.identity)),
-                child=sql.SQL("{}.{}").format(ident(self.schema), ident(child.name)), column=ident(column.name), referenced=referenced)
+                child=_qualified(self.schema, child.name), column=ident(column.name), referenced=referenced)
             if column.nullable:
                 touched = self.conn.execute(sql.SQL("UPDATE {}.{} SET {} = NULL WHERE {} IN ({})").format(
                     ident(self.schema), ident(child.name), ident(column.name), ident(column.name), referenced)).rowcount
@@ -342,8 +342,12 @@ class _Writer:
     def _count(self, relation: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
 
-    def _any(self, relation: sql.Identifier) -> bool:
+    def _any(self, relation: sql.Composable) -> bool:
         return self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)).fetchone()[0]
+
+
+def _qualified(schema: str, table: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(ident(schema), ident(table))
 
 
 def _removed(table: Table) -> sql.Identifier:
@@ -364,7 +368,7 @@ def _incoming(table: Table) -> sql.Identifier:
 def _incoming_table_sql(table: Table, schema: str) -> sql.Composed:
     """A temporary table with the target's columns (no constraints) plus, for references to a
     generated key, the parent's natural-key columns (`<column>__<key>`), typed as in the parent."""
-    target = sql.SQL("{}.{}").format(ident(schema), ident(table.name))
+    target = _qualified(schema, table.name)
     selected = [sql.SQL("t.{}").format(ident(c.name)) for c in table.columns]
     joined = []
     for column in (c for c in table.columns if c.resolved_at_load):
@@ -447,7 +451,7 @@ def _upsert_sql(table: Table, schema: str) -> sql.Composed:
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"""
     ).format(
-        target=sql.SQL("{}.{}").format(ident(schema), ident(table.name)),
+        target=_qualified(schema, table.name),
         columns=column_list,
         incoming=_incoming(table),
         key=sql.SQL(", ").join(map(ident, table.identity)),
@@ -462,7 +466,7 @@ def _merge_latest_sql(table: Table, schema: str) -> sql.Composed:
     sequence untouched by known keys. Returns one row: (inserted, updated)."""
     columns = _written_columns(table)
     key = table.natural_key
-    target = sql.SQL("{}.{}").format(ident(schema), ident(table.name))
+    target = _qualified(schema, table.name)
 
     others = [c for c in columns if c not in key]
     same_key = sql.SQL(" AND ").join(sql.SQL("t.{0} = i.{0}").format(ident(c)) for c in key)
