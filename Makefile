@@ -1,11 +1,12 @@
 # The two commands of the README:  make demo  (the whole pipeline on embedded servers)
 #                                  make test  (the test suite)
-# Both install what they need: a virtualenv in .venv and, when missing, PostgreSQL's server.
+# Both install what they need: a virtualenv in .venv and, when missing, PostgreSQL's server
+# (and for the tests OpenSSH's server, which the tunnel tests start on loopback).
 VENV ?= .venv
 PYTHON ?= python3
 DEMO_ARGS ?=
 
-.PHONY: demo test install postgres clean
+.PHONY: demo test install postgres sshd clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +19,13 @@ install: $(VENV)/.installed
 postgres:
 	@scripts/ensure-postgres
 
+sshd:
+	@scripts/ensure-sshd
+
 demo: install postgres
 	$(VENV)/bin/loader demo $(DEMO_ARGS)
 
-test: install postgres
+test: install postgres sshd
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -23,6 +23,7 @@ from loader.load.writer import DestinationError
 from loader.settings import Settings, load_settings
 from loader.staging import Staging, StagingError
 from loader.transform.typing import TransformError
+from loader.tunnel import TunnelError
 
 app = typer.Typer(
     help=__doc__,
@@ -32,7 +33,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-EXPECTED_ERRORS = (ConfigError, SourceError, DestinationError, StagingError, TransformError, ServerError)
+EXPECTED_ERRORS = (ConfigError, SourceError, DestinationError, StagingError, TransformError, ServerError, TunnelError)
 
 # ---------------------------------------------------------------- shared options
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="Mapping file [env LOADER_CONFIG; default config/schemas.yaml].")]

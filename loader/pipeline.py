@@ -7,7 +7,7 @@ and loaded in full. `truncate` names those emptied first (5.8, only together wit
 
 from __future__ import annotations
 
-from loader import report
+from loader import report, tunnel
 from loader.config import Config, Table
 from loader.extract import mongo
 from loader.load import writer
@@ -32,7 +32,7 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
             force: frozenset[str] = NOTHING) -> list[Snapshot]:
     staging = Staging(settings.staging_dir)
     full = _full_extracts(config, tables, force)
-    with report.progress_bars("docs") as bars:
+    with tunnel.opened(settings, postgres=False) as settings, report.progress_bars("docs") as bars:
         snapshots = mongo.extract(settings, staging, list(config.collections(tables)), report.Bars(bars) if progress else None, full=full)
     if summary:
         report.console.print(report.extract_summary(snapshots))
@@ -50,7 +50,7 @@ def transform(settings: Settings, config: Config, tables: list[Table], summary: 
 def load(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
          force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
     staging = Staging(settings.staging_dir)
-    with report.progress_bars("rows") as bars:
+    with tunnel.opened(settings, mongodb=False) as settings, report.progress_bars("rows") as bars:
         results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None, force=force, truncate=truncate)
     if summary:
         report.console.print(report.load_summary(results, staging.transform_state()))
@@ -60,11 +60,12 @@ def load(settings: Settings, config: Config, tables: list[Table], progress: bool
 def run(settings: Settings, config: Config, tables: list[Table], progress: bool = True,
         force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
     """Extract, transform and load; both servers are checked first so that neither fails late."""
-    mongo.connect(settings).close()
-    writer.connect(settings).close()
-    extract(settings, config, tables, progress=progress, summary=False, force=force)
-    transform(settings, config, tables, summary=False, force=force)
-    return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
+    with tunnel.opened(settings) as settings:
+        mongo.connect(settings).close()
+        writer.connect(settings).close()
+        extract(settings, config, tables, progress=progress, summary=False, force=force)
+        transform(settings, config, tables, summary=False, force=force)
+        return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
 
 
 def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:
@@ -76,8 +77,9 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
         for name in sorted(config.collections(tables))
     }
     try:
-        loads = writer.plan(settings, staging, tables, force)
-    except writer.DestinationError:
+        with tunnel.opened(settings, mongodb=False) as settings:
+            loads = writer.plan(settings, staging, tables, force)
+    except (writer.DestinationError, tunnel.TunnelError):
         loads = None
     for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):
         report.console.print(listing)
@@ -87,7 +89,8 @@ def rebuild(settings: Settings, config: Config, tables: list[Table], progress: b
             truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
     """Every selected table re-derived from the staged snapshots and loaded in full, without
     reading MongoDB."""
-    writer.connect(settings).close()
-    everything = frozenset(t.name for t in tables)
-    transform(settings, config, tables, summary=False, force=everything)
-    return load(settings, config, tables, progress=progress, force=everything, truncate=truncate)
+    with tunnel.opened(settings, mongodb=False) as settings:
+        writer.connect(settings).close()
+        everything = frozenset(t.name for t in tables)
+        transform(settings, config, tables, summary=False, force=everything)
+        return load(settings, config, tables, progress=progress, force=everything, truncate=truncate)

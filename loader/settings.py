@@ -38,6 +38,24 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = Field("1GB", alias="DUCKDB_MEMORY_LIMIT")
     # Seconds to wait for a server before giving up with a one-line error.
     connect_timeout: int = Field(5, alias="CONNECT_TIMEOUT", gt=0)
+    # Remote mode (MAPPING.md 6.1, 6.2): `remote` (any case) reaches that server through an SSH tunnel.
+    transfer_source: str = Field("local", alias="TRANSFER_SOURCE")
+    transfer_destination: str = Field("local", alias="TRANSFER_DESTINATION")
+    remote_server_url: str | None = Field(None, alias="REMOTE_SERVER_URL")
+    remote_server_port: int = Field(22, alias="REMOTE_SERVER_PORT", gt=0)
+    remote_server_user: str | None = Field(None, alias="REMOTE_SERVER_USER")
+    remote_server_password: SecretStr | None = Field(None, alias="REMOTE_SERVER_PASSWORD")
+    # A private key file; without key nor password, the SSH agent and ~/.ssh/id_* are tried.
+    remote_server_key: Path | None = Field(None, alias="REMOTE_SERVER_KEY")
+    # The remote server's host key must be listed here (or in /etc/ssh/ssh_known_hosts).
+    ssh_known_hosts: Path = Field(Path("~/.ssh/known_hosts"), alias="SSH_KNOWN_HOSTS")
+    # Host and port as seen from the remote server.
+    remote_mongodb_url: SecretStr = Field(SecretStr("mongodb://localhost:27017"), alias="REMOTE_MONGODB_URL")
+    remote_mongodb_database: str = Field("default", alias="REMOTE_MONGODB_DATABASE")
+    remote_postgres_port: int = Field(5432, alias="REMOTE_POSTGRES_PORT", gt=0)
+    remote_postgres_database: str = Field("database", alias="REMOTE_POSTGRES_DATABASE")
+    remote_postgres_user: str = Field("postgres", alias="REMOTE_POSTGRES_USER")
+    remote_postgres_password: SecretStr = Field(SecretStr(""), alias="REMOTE_POSTGRES_PASSWORD")
     staging_dir: Path = Field(Path("staging"), alias="LOADER_STAGING_DIR")
     config_path: Path = Field(Path("config/schemas.yaml"), alias="LOADER_CONFIG")
 

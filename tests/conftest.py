@@ -103,7 +103,8 @@ def connect(settings: dict[str, str], **options) -> psycopg.Connection:
 
 def loader_env(env: dict[str, str]) -> dict[str, str]:
     """The environment `run_loader` gives the loader: ours without loader settings, plus `env`."""
-    settings = ("MONGODB_", "POSTGRES_", "LOADER_", "SOURCE_TIMEZONE", "BATCH_SIZE", "CONNECT_TIMEOUT", "WATERMARK_")
+    settings = ("MONGODB_", "POSTGRES_", "LOADER_", "SOURCE_TIMEZONE", "BATCH_SIZE", "CONNECT_TIMEOUT", "WATERMARK_",
+                "TRANSFER_", "REMOTE_", "SSH_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
     return {**clean, **env, "COLUMNS": "200"}
 
