@@ -19,6 +19,7 @@ from loader import pipeline, report
 from loader.config import Config, ConfigError, Table, load_config
 from loader.demo.servers import ServerError
 from loader.extract.mongo import SourceError
+from loader.load.schema import SchemaError
 from loader.load.writer import DestinationError
 from loader.settings import Settings, load_settings
 from loader.staging import Staging, StagingError
@@ -33,7 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-EXPECTED_ERRORS = (ConfigError, SourceError, DestinationError, StagingError, TransformError, ServerError, TunnelError)
+EXPECTED_ERRORS = (ConfigError, SourceError, DestinationError, StagingError, TransformError, ServerError, TunnelError, SchemaError)
 
 # ---------------------------------------------------------------- shared options
 ConfigPath = Annotated[Optional[Path], typer.Option("--config", "-c", help="Mapping file [env LOADER_CONFIG; default config/schemas.yaml].")]
@@ -219,6 +220,43 @@ def tables(config: ConfigPath = None, env_file: EnvFile = None) -> None:
         parents = ", ".join(sorted({c.foreign_key.table for c in t.foreign_keys}))
         listing.add_row(t.name, t.collection, t.strategy.name, t.strategy.kind.replace("_", "-").upper(), parents)
     report.console.print(listing)
+
+
+schema_app = typer.Typer(help="Compare the PostgreSQL tables with the config, and apply additive changes.",
+                         no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("diff")
+@fails_cleanly
+def schema_diff(
+    table: Tables = None, config: ConfigPath = None, env_file: EnvFile = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+) -> None:
+    """List how the tables differ from the config (columns, types, nullability, keys, foreign
+    keys) with the SQL of each fix; exit code 1 when they differ."""
+    settings, cfg, tables = _prepare(table, env_file, config=config, postgres_host=postgres_host, postgres_port=postgres_port,
+                                     postgres_database=postgres_database, postgres_user=postgres_user,
+                                     postgres_password=postgres_password, schema=schema)
+    if pipeline.schema_diff(settings, cfg, tables):
+        raise typer.Exit(1)
+
+
+@schema_app.command("apply")
+@fails_cleanly
+def schema_apply(
+    table: Tables = None, config: ConfigPath = None, env_file: EnvFile = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
+) -> None:
+    """Apply the additive differences (missing tables, columns, keys) in one transaction and print
+    the SQL of the others (type, nullability, extra columns), left to you; exit code 1 if any."""
+    settings, cfg, tables = _prepare(table, env_file, config=config, postgres_host=postgres_host, postgres_port=postgres_port,
+                                     postgres_database=postgres_database, postgres_user=postgres_user,
+                                     postgres_password=postgres_password, schema=schema)
+    if pipeline.schema_apply(settings, cfg, tables):
+        raise typer.Exit(1)
 
 
 @app.command()

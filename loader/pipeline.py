@@ -10,7 +10,7 @@ from __future__ import annotations
 from loader import report, tunnel
 from loader.config import Config, Table
 from loader.extract import mongo
-from loader.load import writer
+from loader.load import schema, writer
 from loader.settings import Settings
 from loader.staging import Snapshot, Staging
 from loader.transform import runner
@@ -83,6 +83,24 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
         loads = None
     for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):
         report.console.print(listing)
+
+
+def schema_diff(settings: Settings, config: Config, tables: list[Table]) -> list[schema.Difference]:
+    """Print how the PostgreSQL tables differ from the config; returns the differences."""
+    with tunnel.opened(settings, mongodb=False) as settings, writer.connect(settings) as conn:
+        found = schema.differences(conn, config, settings.postgres_schema, tables)
+    report.console.print(report.schema_differences(found) if found else "PostgreSQL matches the config.")
+    return found
+
+
+def schema_apply(settings: Settings, config: Config, tables: list[Table]) -> list[schema.Difference]:
+    """Apply the additive differences (missing tables, columns, keys) in one transaction and print
+    every difference; returns those left to the user."""
+    with tunnel.opened(settings, mongodb=False) as settings, writer.connect(settings) as conn:
+        found = schema.differences(conn, config, settings.postgres_schema, tables)
+        applied = schema.apply_additive(conn, found)
+    report.console.print(report.schema_differences(found, applied) if found else "PostgreSQL matches the config.")
+    return [d for d in found if d not in applied]
 
 
 def rebuild(settings: Settings, config: Config, tables: list[Table], progress: bool = True,

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from loader.load.schema import Difference
 from loader.load.writer import LoadResult
 from loader.progress import ProgressHook
 from loader.staging import FULL, Snapshot, Staging
@@ -70,6 +71,14 @@ def new_table(title: str, *columns: str) -> RichTable:
 
 def _reasons(reasons: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+
+
+def schema_differences(found: list[Difference], applied: list[Difference] = ()) -> RichTable:
+    listing = new_table(f"{len(found)} differences between PostgreSQL and the config", "table", "difference", "fix", "SQL")
+    for difference in found:
+        fix = "applied" if difference in applied else "additive" if difference.additive else "manual"
+        listing.add_row(difference.table, difference.what, fix, Text(difference.fix))
+    return listing
 
 
 def extract_summary(snapshots: list[Snapshot]) -> RichTable:

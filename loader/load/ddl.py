@@ -12,8 +12,11 @@ from psycopg import sql
 
 from loader.config import Config, Table
 
-# The loader's own table: per target table, the staged state it holds (loader/load/writer.py).
+# The loader's own tables: per target table, the staged state it holds (loader/load/writer.py),
+# and the issue log of the rows it holds (staging/issues: rejects, warnings, skips).
 SYNC_STATE = "loader_sync_state"
+REJECTS = "loader_rejects"
+ISSUE_COLUMNS = ("table", "source_collection", "source_id", "kind", "reason", "column", "value")
 
 
 def create_table_sql(table: Table, schema: str) -> sql.Composed:
@@ -63,6 +66,20 @@ def sync_state_table_sql(schema: str) -> sql.Composed:
     ).format(sql.Identifier(schema), sql.Identifier(SYNC_STATE))
 
 
+def qualified(schema: str, table: str) -> sql.Composed:
+    """schema.table, both quoted."""
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def rejects_table_sql(schema: str) -> sql.Composed:
+    """The issue log of staging/issues, per target table as of its last load."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.{} ("
+        '"table" TEXT NOT NULL, source_collection TEXT, source_id TEXT, kind TEXT NOT NULL, reason TEXT NOT NULL, '
+        '"column" TEXT, value TEXT)'
+    ).format(sql.Identifier(schema), sql.Identifier(REJECTS))
+
+
 def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:
     rows = conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
@@ -77,6 +94,7 @@ def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str)
         present = existing_tables(conn, schema)
         created = [t.name for t in config.ordered() if t.name not in present]
         conn.execute(sync_state_table_sql(schema))
+        conn.execute(rejects_table_sql(schema))
         for table in config.ordered():
             if table.name in created:
                 conn.execute(create_table_sql(table, schema))

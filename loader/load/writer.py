@@ -33,7 +33,8 @@ from psycopg import sql
 from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier, sql_literal
-from loader.load.ddl import SYNC_STATE, create_missing_tables
+from loader.load.schema import drift as schema_drift
+from loader.load.ddl import ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, qualified as _qualified
 from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging
@@ -88,6 +89,7 @@ def load(
         if not staging.table_file(table.name).exists():
             raise DestinationError(f"table '{table.name}' has not been transformed yet: run `loader transform` first")
     with connect(settings) as conn:
+        refuse_drift(conn, config, settings.postgres_schema, tables)
         create_missing_tables(conn, config, settings.postgres_schema)
         writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit), config, staging, settings.postgres_schema, hook)
         results = []
@@ -101,6 +103,16 @@ def load(
                 names = " and ".join(f"'{t.name}'" for t in unit)
                 raise DestinationError(f"table {names} was not written (rolled back): {message}") from None
         return results
+
+
+def refuse_drift(conn: psycopg.Connection, config: Config, schema: str, tables: list[Table]) -> None:
+    """Stop before writing anything when a table to load differs from the config."""
+    drifted = schema_drift(conn, config, schema, tables)
+    if drifted:
+        listing = "".join(f"\n  {difference}" for difference in drifted)
+        raise DestinationError(
+            f"the PostgreSQL schema differs from the config ({len(drifted)} differences); nothing was written:{listing}\n"
+            "`loader schema diff` shows the SQL of each; `loader schema apply` applies the additive ones")
 
 
 def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -183,6 +195,8 @@ class _Writer:
                     self._delete_dependants(table, sql.SQL("SELECT * FROM {}").format(_removed(table)), set())
                     result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
                     result.seconds += time.perf_counter() - clock
+            for table in unit:
+                self._replace_issues(table)
             for name, state in states.items():
                 self._keep_loaded_copy(name, state)
                 self.conn.execute(_set_sync_state_sql(self.schema), [name, state, next(r.rows for r in results if r.table == name)])
@@ -271,6 +285,16 @@ class _Writer:
                 self.hook.finish(name)
         return rows
 
+    def _replace_issues(self, table: Table) -> None:
+        """loader_rejects gets the table's current issue log (rows no longer rejected go away)."""
+        target = _qualified(self.schema, REJECTS)
+        self.conn.execute(sql.SQL('DELETE FROM {} WHERE "table" = %s').format(target), [table.name])
+        issues = self.staging.issues_file(table.name)
+        if issues.exists():
+            columns = ", ".join(map(sql_identifier, ISSUE_COLUMNS))
+            self._copy(f"{table.name}.issues", f"SELECT {columns} FROM read_parquet({sql_literal(str(issues))})",
+                       target, list(ISSUE_COLUMNS), progress=False)
+
     # ------------------------------------------------------------ deletes
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
         """Rows of other tables referencing the removed rows: deleted (their own dependants
@@ -344,10 +368,6 @@ class _Writer:
 
     def _any(self, relation: sql.Composable) -> bool:
         return self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)).fetchone()[0]
-
-
-def _qualified(schema: str, table: str) -> sql.Composed:
-    return sql.SQL("{}.{}").format(ident(schema), ident(table))
 
 
 def _removed(table: Table) -> sql.Identifier:
