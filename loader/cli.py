@@ -54,6 +54,9 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Document
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 ForceReimport = Annotated[bool, typer.Option(
     "--force-reimport", help="This run only: re-import the selected tables whole, as `force_reimport: true` would.")]
+FromDump = Annotated[Optional[Path], typer.Option(
+    "--from-dump", help="Read this mongodump instead of MongoDB (a dump folder, a .tar.gz of one, or a `mongodump --archive` "
+                        "file, gzipped or not; the database MONGODB_DATABASE): every collection staged whole.")]
 Truncate = Annotated[bool, typer.Option(
     "--truncate", help="With --force-reimport: TRUNCATE ... CASCADE each selected table first (as `truncate_before_import`).")]
 
@@ -108,13 +111,14 @@ def _forced(tables: list[Table], force: bool, truncate: bool) -> tuple[frozenset
 def extract(
     table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
     mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None, batch_size: BatchSize = None,
-    no_progress: NoProgress = False, force_reimport: ForceReimport = False,
+    no_progress: NoProgress = False, force_reimport: ForceReimport = False, from_dump: FromDump = None,
 ) -> None:
-    """Stage what changed in the collections the mapping needs (the first time, or forced: all of
-    it) as snapshots in staging/snapshots, recorded in staging/manifest.json."""
+    """Stage what changed in the collections the mapping needs (the first time, forced, or from a
+    dump: all of it) as snapshots in staging/snapshots, recorded in staging/manifest.json."""
     settings, cfg, tables = _prepare(table, env_file, config=config, staging=staging, mongodb_url=mongodb_url,
                                      mongodb_database=mongodb_database, batch_size=batch_size)
-    pipeline.extract(settings, cfg, tables, progress=not no_progress, force=_forced(tables, force_reimport, False)[0])
+    pipeline.extract(settings, cfg, tables, progress=not no_progress, force=_forced(tables, force_reimport, False)[0],
+                     dump=from_dump)
 
 
 @app.command()
@@ -153,7 +157,7 @@ def run(
     postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
     postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
     timezone: Timezone = None, batch_size: BatchSize = None, no_progress: NoProgress = False,
-    force_reimport: ForceReimport = False, truncate: Truncate = False,
+    force_reimport: ForceReimport = False, truncate: Truncate = False, from_dump: FromDump = None,
 ) -> None:
     """extract, transform and load in one go (incremental after the first run), with a summary at the end."""
     settings, cfg, tables = _prepare(
@@ -163,7 +167,7 @@ def run(
         batch_size=batch_size,
     )
     force, truncated = _forced(tables, force_reimport, truncate)
-    pipeline.run(settings, cfg, tables, progress=not no_progress, force=force, truncate=truncated)
+    pipeline.run(settings, cfg, tables, progress=not no_progress, force=force, truncate=truncated, dump=from_dump)
 
 
 @app.command()

@@ -7,8 +7,11 @@ and loaded in full. `truncate` names those emptied first (5.8, only together wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from loader import report, tunnel
 from loader.config import Config, Table
+from loader.extract import dump as mongodump
 from loader.extract import mongo
 from loader.load import schema, writer
 from loader.settings import Settings
@@ -29,11 +32,17 @@ def _full_extracts(config: Config, tables: list[Table], force: frozenset[str]) -
 
 
 def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
-            force: frozenset[str] = NOTHING) -> list[Snapshot]:
+            force: frozenset[str] = NOTHING, dump: Path | None = None) -> list[Snapshot]:
+    """From MongoDB, or from the mongodump at `dump` (every collection whole)."""
     staging = Staging(settings.staging_dir)
     full = _full_extracts(config, tables, force)
-    with tunnel.opened(settings, postgres=False) as settings, report.progress_bars("docs") as bars:
-        snapshots = mongo.extract(settings, staging, list(config.collections(tables)), report.Bars(bars) if progress else None, full=full)
+    collections = list(config.collections(tables))
+    with tunnel.opened(settings, mongodb=dump is None, postgres=False) as settings, report.progress_bars("docs") as bars:
+        hook = report.Bars(bars) if progress else None
+        if dump is None:
+            snapshots = mongo.extract(settings, staging, collections, hook, full=full)
+        else:
+            snapshots = mongodump.extract(settings, staging, collections, dump, hook)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
@@ -58,12 +67,14 @@ def load(settings: Settings, config: Config, tables: list[Table], progress: bool
 
 
 def run(settings: Settings, config: Config, tables: list[Table], progress: bool = True,
-        force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
-    """Extract, transform and load; both servers are checked first so that neither fails late."""
-    with tunnel.opened(settings) as settings:
-        mongo.connect(settings).close()
+        force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING, dump: Path | None = None) -> list[writer.LoadResult]:
+    """Extract (from MongoDB, or from the mongodump at `dump`), transform and load; the servers
+    used are checked first so that none fails late."""
+    with tunnel.opened(settings, mongodb=dump is None) as settings:
+        if dump is None:
+            mongo.connect(settings).close()
         writer.connect(settings).close()
-        extract(settings, config, tables, progress=progress, summary=False, force=force)
+        extract(settings, config, tables, progress=progress, summary=False, force=force, dump=dump)
         transform(settings, config, tables, summary=False, force=force)
         return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
 

@@ -96,20 +96,27 @@ def extract(
     try:
         db = client[settings.mongodb_database]
         existing = set(db.list_collection_names())
-        staging.discard_scratch()
-        con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
-
-        def stage(name: str) -> Snapshot:
-            source = Source(db, name, name in existing, settings.batch_size)
-            return stage_collection(con.cursor(), staging, source, name in full, settings.watermark_overlap_seconds,
-                                    settings.extract_ranges, on_progress)
-
-        with ThreadPoolExecutor(max_workers=settings.extract_workers) as pool:  # collections in parallel
-            return list(pool.map(stage, sorted(collections)))
+        sources = [Source(db, name, name in existing, settings.batch_size) for name in collections]
+        return stage_in_parallel(settings, staging, sources, full, settings.extract_ranges, on_progress)
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
         client.close()
+
+
+def stage_in_parallel(settings: Settings, staging: Staging, sources: list[Source], full: set[str], ranges: int,
+                      on_progress: ProgressHook | None) -> list[Snapshot]:
+    """Stage the sources in name order, EXTRACT_WORKERS at a time: those named in `full` as full
+    snapshots (loader/extract/dump.py passes its own sources, with the same interface)."""
+    staging.discard_scratch()
+    con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
+
+    def stage(source: Source) -> Snapshot:
+        return stage_collection(con.cursor(), staging, source, source.name in full, settings.watermark_overlap_seconds,
+                                ranges, on_progress)
+
+    with ThreadPoolExecutor(max_workers=settings.extract_workers) as pool:  # collections in parallel
+        return list(pool.map(stage, sorted(sources, key=lambda source: source.name)))
 
 
 @dataclass

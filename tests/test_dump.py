@@ -1,0 +1,233 @@
+"""`loader extract --from-dump` and `loader run --from-dump`: a mongodump is staged exactly as the
+same data read from the server, in each of its forms (a dump folder, gzipped or not, given as its
+root or as its database folder; a .tar.gz of one; an `--archive` file, gzipped or not).
+
+No mongodump binary is to be had here (none on PyPI or npm runs offline), so the dumps are written
+as mongodump writes them: the server's raw BSON documents (`find_raw_batches`) concatenated into
+`<database>/<collection>.bson`, and the archive format of mongo-tools' common/archive package.
+The loader reading a dump gets an unreachable MONGODB_URL: it must not need the server.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tarfile
+from pathlib import Path
+
+import bson
+import pytest
+from pymongo import MongoClient
+
+from conftest import SOURCE_DATABASE, create_database, run_loader
+from loader import duck
+from loader.extract import dump, mongo
+from loader.settings import Settings
+from loader.staging import DOCUMENT_COLUMNS, FULL, Staging
+from test_incremental import Target, differences, table_contents
+from test_rebuild import NO_MONGODB
+
+DUMP_ENV = {**NO_MONGODB, "MONGODB_DATABASE": SOURCE_DATABASE}
+BLOCK_DOCUMENTS = 40  # documents per archive block: the large collections come in many interleaved blocks
+
+
+# --------------------------------------------------------------------------- writing dumps as mongodump does
+
+@pytest.fixture(scope="module")
+def raw_collections(source) -> dict[str, list[bytes]]:
+    """Every collection of the source as mongodump reads it: the server's raw BSON documents."""
+    with MongoClient(source["MONGODB_URL"]) as client:
+        db = client[source["MONGODB_DATABASE"]]
+        return {
+            name: [bytes(d.raw) for batch in db[name].find_raw_batches() for d in bson.decode_all(batch, mongo.RAW)]
+            for name in db.list_collection_names()
+        }
+
+
+def write_folder(root: Path, collections: dict[str, list[bytes]], gzipped: bool = False) -> Path:
+    """`mongodump --out root [--gzip]`: root/<database>/<collection>.bson[.gz] and its .metadata.json."""
+    folder = root / SOURCE_DATABASE
+    folder.mkdir(parents=True)
+    for name, documents in collections.items():
+        with (gzip.open if gzipped else open)(folder / f"{name}.bson{'.gz' if gzipped else ''}", "wb") as stream:
+            stream.write(b"".join(documents))
+        (folder / f"{name}.metadata.json").write_text('{"indexes": [], "collectionName": "%s"}' % name)
+    return root
+
+
+def archive_blocks(collections: dict[str, list[bytes]]) -> list[bytes]:
+    """`mongodump --archive` (mongo-tools common/archive: prelude.go, multiplexer.go), block by block:
+    the magic number and the prelude (archive header, one metadata document per collection), then
+    each collection's documents in blocks of BLOCK_DOCUMENTS taken in turn from every collection,
+    as a parallel dump interleaves them, each collection closed by its EOF block (its CRC is left
+    0: the loader does not check it)."""
+    def block(header: dict, documents: list[bytes] = ()) -> bytes:
+        return bson.encode(header) + b"".join(documents) + dump.TERMINATOR
+
+    prelude = dump.ARCHIVE_MAGIC + block(
+        {"concurrent_collections": 4, "version": "0.1", "server_version": "7.0.12", "tool_version": "100.9.4"},
+        [bson.encode({"db": SOURCE_DATABASE, "collection": name, "metadata": "{}", "size": 0, "type": "collection"})
+         for name in collections])
+    pending = {name: [documents[i:i + BLOCK_DOCUMENTS] for i in range(0, len(documents), BLOCK_DOCUMENTS)]
+               for name, documents in collections.items()}
+    blocks = [prelude]
+    while pending:
+        for name in list(pending):
+            namespace = {"db": SOURCE_DATABASE, "collection": name}
+            if pending[name]:
+                blocks.append(block(namespace, pending[name].pop(0)))
+            else:
+                blocks.append(block({**namespace, "EOF": True, "CRC": bson.Int64(0)}))
+                del pending[name]
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def dumps(raw_collections, tmp_path_factory) -> dict[str, Path]:
+    """The source's dump in each form the loader reads."""
+    assert sum(len(d) > BLOCK_DOCUMENTS for d in raw_collections.values()) >= 2, "no two collections interleave"
+    here = tmp_path_factory.mktemp("dumps")
+    root = write_folder(here / "dump", raw_collections)
+    with tarfile.open(here / "dump.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname="dump")  # dump/smartdiet/users.bson ...
+    archive = b"".join(archive_blocks(raw_collections))
+    (here / "smartdiet.archive").write_bytes(archive)
+    (here / "smartdiet.dump").write_bytes(gzip.compress(archive))  # no .gz name: told by its magic bytes
+    return {
+        "folder": root,
+        "gzipped database folder": write_folder(here / "gzipped", raw_collections, gzipped=True) / SOURCE_DATABASE,
+        "tar.gz": here / "dump.tar.gz",
+        "archive": here / "smartdiet.archive",
+        "gzipped archive": here / "smartdiet.dump",
+    }
+
+
+# --------------------------------------------------------------------------- staged data
+
+def staged(staging_dir: Path) -> dict[str, list[tuple]]:
+    """The current view of every staged collection, ordered by _id."""
+    staging, con = Staging(staging_dir), duck.connect()
+    return {name: con.execute(f"SELECT {DOCUMENT_COLUMNS} FROM ({staging.view_sql(name)}) ORDER BY _id").fetchall()
+            for name in staging.collections()}
+
+
+def snapshot_kinds(staging_dir: Path) -> dict[str, list[tuple[str, bool]]]:
+    """Per collection, the kind of each snapshot and whether the source lacked the collection."""
+    staging = Staging(staging_dir)
+    return {name: [(s.kind, s.source_missing) for s in staging.snapshots(name)] for name in staging.collections()}
+
+
+@pytest.fixture(scope="module")
+def from_server(source, tmp_path_factory) -> Path:
+    staging = tmp_path_factory.mktemp("from_server")
+    result = run_loader("extract", "--staging", str(staging), "--no-progress", env=source)
+    assert result.returncode == 0, result.stderr
+    return staging
+
+
+@pytest.mark.parametrize("form", ["folder", "gzipped database folder", "tar.gz", "archive", "gzipped archive"])
+def test_a_dump_is_staged_as_the_server_is(form, dumps, from_server, raw_collections, tmp_path):
+    staging = tmp_path / "staging"
+    result = run_loader("extract", "--staging", str(staging), "--no-progress", "--from-dump", str(dumps[form]), env=DUMP_ENV)
+    assert result.returncode == 0, result.stderr
+    expected, actual = staged(from_server), staged(staging)
+    assert sum(map(len, actual.values())) == sum(map(len, raw_collections.values())) > 0
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name] == expected[name], f"{name} staged from the {form} differs from the server's"
+    assert snapshot_kinds(staging) == snapshot_kinds(from_server)  # one full snapshot each
+    assert not list((staging / "tmp").glob("dump-*")), "the scratch folder was left behind"
+
+
+def test_run_from_a_dump_loads_what_a_run_from_the_server_loads(source, dumps, postgres, target, tmp_path):
+    from_dump = Target({**DUMP_ENV, **target}, tmp_path / "from_dump")
+    from_server = Target({**source, **create_database(postgres)}, tmp_path / "from_server")
+    result = run_loader("run", "--staging", str(from_dump.staging), "--no-progress", "--from-dump",
+                        str(dumps["gzipped archive"]), env=from_dump.env)
+    assert result.returncode == 0, result.stderr
+    from_server.loader("run")
+    expected = table_contents(from_server)
+    assert sum(sum(rows.values()) for rows in expected.values()) > 0
+    problems = differences(table_contents(from_dump), expected)
+    assert not problems, "loaded from the dump (+) and from the server (-) differ:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- failures
+
+# Each broken dump: (path, MONGODB_DATABASE, the message expected on stderr).
+Broken = tuple[Path, str, str]
+
+
+def truncated_bson(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    copy = shutil.copytree(dumps["folder"], here / "dump")
+    users = copy / SOURCE_DATABASE / "users.bson"
+    users.write_bytes(users.read_bytes()[:-7])  # the last document cut short
+    return copy, SOURCE_DATABASE, f"{users}: truncated or corrupt BSON"
+
+
+def wrong_magic(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    archive = here / "smartdiet.archive"
+    archive.write_bytes(b"\x00" + dumps["archive"].read_bytes()[1:])
+    return archive, SOURCE_DATABASE, f"{archive} is not a mongodump"
+
+
+def archive_cut_in_a_document(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    archive = here / "smartdiet.archive"
+    archive.write_bytes(dumps["archive"].read_bytes()[:-1000])
+    return archive, SOURCE_DATABASE, f"{archive}: truncated or corrupt BSON"
+
+
+def archive_cut_between_blocks(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    blocks = archive_blocks(raw_collections)
+    archive = here / "smartdiet.archive"
+    archive.write_bytes(b"".join(blocks[:len(blocks) // 2]))  # whole blocks, but not every collection's end
+    return archive, SOURCE_DATABASE, f"{archive}: the archive ends before the end of {SOURCE_DATABASE}."
+
+
+def gzipped_archive_cut(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    archive = here / "smartdiet.dump"
+    data = dumps["gzipped archive"].read_bytes()
+    archive.write_bytes(data[:len(data) // 2])
+    return archive, SOURCE_DATABASE, f"cannot read {archive}: Compressed file ended"
+
+
+def folder_without_the_database(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    return dumps["folder"], "other", f"{dumps['folder']}: no database 'other' (MONGODB_DATABASE) in this dump; databases found: smartdiet"
+
+
+def tar_without_the_database(dumps: dict[str, Path], raw_collections: dict[str, list[bytes]], here: Path) -> Broken:
+    return dumps["tar.gz"], "other", f"{dumps['tar.gz']}: no database 'other' (MONGODB_DATABASE) in this dump; databases found: smartdiet"
+
+
+@pytest.mark.parametrize("broken", [truncated_bson, wrong_magic, archive_cut_in_a_document, archive_cut_between_blocks,
+                                    gzipped_archive_cut, folder_without_the_database, tar_without_the_database])
+def test_a_broken_dump_fails_with_one_line_naming_it(broken, dumps, raw_collections, tmp_path):
+    path, database, message = broken(dumps, raw_collections, tmp_path)
+    result = run_loader("extract", "--staging", str(tmp_path / "staging"), "--no-progress", "--from-dump", str(path),
+                        env={**DUMP_ENV, "MONGODB_DATABASE": database})
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr
+    # Snapshots are atomic: other collections of a dump folder may be staged, never a broken one.
+    assert "users" not in Staging(tmp_path / "staging").collections(), "a snapshot was recorded from a broken file"
+
+
+# --------------------------------------------------------------------------- in process
+
+def test_a_collection_missing_from_the_dump_is_staged_empty_and_each_extract_is_full(tmp_path):
+    folder = tmp_path / "dump" / "shop"
+    folder.mkdir(parents=True)
+    (folder / "users.bson").write_bytes(b"".join(bson.encode({"_id": i, "name": f"user {i}"}) for i in range(3)))
+    settings = Settings(_env_file=None, mongodb_database="shop", staging_dir=tmp_path / "staging")
+    staging = Staging(settings.staging_dir)
+    for _ in range(2):
+        snapshots = dump.extract(settings, staging, ["users", "menus"], tmp_path / "dump")
+        assert {(s.collection, s.kind, s.documents, s.source_missing) for s in snapshots} == {
+            ("users", FULL, 3, False), ("menus", FULL, 0, True)}
+    assert [s.kind for s in staging.snapshots("users")] == [FULL, FULL]
+
+
+def test_a_dump_is_only_read_whole(tmp_path):
+    source = dump.DumpSource("users", dump.DumpFile(tmp_path / "users.bson", "users.bson"), batch_size=10)
+    with pytest.raises(dump.DumpError, match="staged whole"):
+        next(source.read({"creation_date": {"$gte": 0}}))
