@@ -226,6 +226,20 @@ def tables(config: ConfigPath = None, env_file: EnvFile = None) -> None:
     report.console.print(listing)
 
 
+@app.command("report")
+@fails_cleanly
+def issues_report(
+    table: Annotated[Optional[list[str]], typer.Option("--table", "-t", help="Only this table (repeatable; `(extract)`: the extract's rejects).")] = None,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Examples of the reasons starting with this only.")] = None,
+    examples: Annotated[int, typer.Option("--examples", "-n", help="Examples per table and reason [default: 0, or 5 with --reason].")] = 0,
+    staging: StagingDir = None, env_file: EnvFile = None,
+) -> None:
+    """Rejected rows, skipped records and warnings recorded in the staging: counts per table and
+    reason, and examples (source _id, column, offending value)."""
+    settings = _settings(env_file, staging=staging)
+    pipeline.show_issues(settings, table, reason, examples or (5 if reason else 0))
+
+
 schema_app = typer.Typer(help="Compare the PostgreSQL tables with the config, and apply additive changes.",
                          no_args_is_help=True)
 app.add_typer(schema_app, name="schema")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loader import report, tunnel
+from loader import duck, report, tunnel
 from loader.config import Config, Table
 from loader.extract import dump as mongodump
 from loader.extract import mongo
@@ -94,6 +94,21 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
         loads = None
     for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):
         report.console.print(listing)
+
+
+def show_issues(settings: Settings, tables: list[str] | None, reason: str | None, examples: int) -> int:
+    """Print the issue counts per table and reason (and examples) from the staging; returns how many."""
+    log = Staging(settings.staging_dir).issue_log_sql()
+    if log is None:
+        report.console.print("No issue recorded (no transform yet, or nothing rejected, skipped or warned).")
+        return 0
+    if tables:
+        log = f'SELECT * FROM ({log}) WHERE "table" IN ({", ".join(duck.sql_literal(t) for t in tables)})'
+    con = duck.connect(spill_dir=settings.staging_dir / "tmp", memory_limit=settings.duckdb_memory_limit)
+    report.console.print(report.issue_counts(con, log))
+    if examples:
+        report.console.print(report.issue_examples(con, log, reason, examples))
+    return con.execute(f"SELECT count(*) FROM ({log})").fetchone()[0]
 
 
 def schema_diff(settings: Settings, config: Config, tables: list[Table]) -> list[schema.Difference]:

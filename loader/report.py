@@ -64,7 +64,7 @@ def new_table(title: str, *columns: str) -> RichTable:
     for i, column in enumerate(columns):
         numeric = i > 0 and column not in (
             "reasons", "snapshot", "collection", "strategy", "sync", "parents", "kind", "mode", "load", "transform", "next",
-            "since", "watermark", "in view")
+            "since", "watermark", "in view", "reason", "column", "value", "_id", "difference", "fix", "SQL")
         table.add_column(column, justify="right" if numeric else "left")
     return table
 
@@ -78,6 +78,26 @@ def schema_differences(found: list[Difference], applied: list[Difference] = ()) 
     for difference in found:
         fix = "applied" if difference in applied else "additive" if difference.additive else "manual"
         listing.add_row(difference.table, difference.what, fix, Text(difference.fix))
+    return listing
+
+
+def issue_counts(con, log: str) -> RichTable:
+    """Issues per table, kind and reason."""
+    listing = new_table("Issues per table and reason", "table", "collection", "kind", "reason", "rows")
+    for row in con.execute(f'SELECT "table", source_collection, kind, reason, count(*) FROM ({log}) '
+                           "GROUP BY ALL ORDER BY kind, \"table\", reason").fetchall():
+        listing.add_row(*row[:4], f"{row[4]:,}")
+    return listing
+
+
+def issue_examples(con, log: str, reason: str | None, examples: int) -> RichTable:
+    """Up to `examples` issues per table and reason (those whose reason starts with `reason`)."""
+    listing = new_table(f"Examples ({examples} per table and reason)", "table", "reason", "collection", "_id", "column", "value")
+    for row in con.execute(
+        f"SELECT \"table\", reason, source_collection, source_id, \"column\", value FROM ({log}) "
+        "WHERE starts_with(reason, ?) QUALIFY row_number() OVER (PARTITION BY \"table\", reason ORDER BY source_id) <= ? "
+        "ORDER BY \"table\", reason, source_id", [reason or "", examples]).fetchall():
+        listing.add_row(*(Text(str(v)) if v is not None else "" for v in row))
     return listing
 
 

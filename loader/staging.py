@@ -180,6 +180,23 @@ class Staging:
     def tombstone_file(self, snapshot: Snapshot) -> Path:
         return self.snapshot_dir(snapshot.collection, snapshot.id) / "tombstones.parquet"
 
+    def rejects_file(self, snapshot: Snapshot) -> Path:
+        """The documents the extract could not decode (_id, reason, detail)."""
+        return self.snapshot_dir(snapshot.collection, snapshot.id) / "rejects.parquet"
+
+    def issue_log_sql(self) -> str | None:
+        """A query of every recorded issue, in the columns of staging/issues (table, source_collection,
+        source_id, kind, reason, column, value): the transform's issue log, and the extract's rejects
+        of the snapshots in each collection's current view (table `(extract)`); None if there is none."""
+        parts = [f"SELECT * FROM read_parquet({sql_literal(str(self.root / 'issues' / '*.parquet'))})"] \
+            if any((self.root / "issues").glob("*.parquet")) else []
+        parts += [
+            f"SELECT '(extract)' AS \"table\", {sql_literal(s.collection)} AS source_collection, _id AS source_id, "
+            f"'reject' AS kind, reason, NULL AS \"column\", detail AS value FROM read_parquet({sql_literal(str(self.rejects_file(s)))})"
+            for collection in self.collections() for s in self.chain(collection) if s.rejected
+        ]
+        return " UNION ALL BY NAME ".join(parts) or None
+
     def view_sql(self, collection: str, upto: str | None = None) -> str:
         """A query of the current view (latest version of every live document), or of the view as
         of snapshot `upto`: the base minus every _id a later delta touched, plus the latest

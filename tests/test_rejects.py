@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import duckdb
 from bson import ObjectId
 
 import test_incremental
+from conftest import run_loader
 from test_incremental import Target
 
 generated_source = test_incremental.generated_source  # fixture: the dataset in a database of the test's own
@@ -32,6 +34,13 @@ def test_loader_rejects_holds_the_current_issue_log(generated_source, target, tm
     assert rejected, "the generated dataset has rejected users"
 
     table, source_id = rejected[0]
+    reason = next(key[3] for key in loaded if key[:2] == (table, source_id))
+    listed = run_loader("report", "--staging", str(loader.staging), "--table", table, "--reason", reason, env={})
+    assert listed.returncode == 0, listed.stderr
+    assert source_id in listed.stdout
+    counted = sum(n for key, n in loaded.items() if key[0] == table and key[3] == reason)
+    assert re.search(rf"{re.escape(reason)}\s*│\s*{counted}\s*│", listed.stdout), listed.stdout
+
     generated_source.db.users.delete_one({"_id": ObjectId(source_id)})
     loader.loader("run")
     after = _loaded_issues(loader)
