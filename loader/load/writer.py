@@ -37,7 +37,7 @@ from loader.load.schema import drift as schema_drift
 from loader.load.ddl import ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, qualified as _qualified
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import Staging
+from loader.staging import Staging, file_hash
 from loader.strategies import MOMENTS, UPSERT_KEY
 from loader.transform.typing import staged_columns
 
@@ -196,7 +196,10 @@ class _Writer:
                     result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
                     result.seconds += time.perf_counter() - clock
             for table in unit:
-                self._replace_issues(table)
+                issues = file_hash(self.staging.issues_file(table.name)) or ""
+                if loaded.get(_issues_key(table.name), "") != issues:  # a run without change writes nothing
+                    rows = self._replace_issues(table)
+                    self.conn.execute(_set_sync_state_sql(self.schema), [_issues_key(table.name), issues, rows])
             for name, state in states.items():
                 self._keep_loaded_copy(name, state)
                 self.conn.execute(_set_sync_state_sql(self.schema), [name, state, next(r.rows for r in results if r.table == name)])
@@ -285,15 +288,16 @@ class _Writer:
                 self.hook.finish(name)
         return rows
 
-    def _replace_issues(self, table: Table) -> None:
+    def _replace_issues(self, table: Table) -> int:
         """loader_rejects gets the table's current issue log (rows no longer rejected go away)."""
         target = _qualified(self.schema, REJECTS)
         self.conn.execute(sql.SQL('DELETE FROM {} WHERE "table" = %s').format(target), [table.name])
         issues = self.staging.issues_file(table.name)
-        if issues.exists():
-            columns = ", ".join(map(sql_identifier, ISSUE_COLUMNS))
-            self._copy(f"{table.name}.issues", f"SELECT {columns} FROM read_parquet({sql_literal(str(issues))})",
-                       target, list(ISSUE_COLUMNS), progress=False)
+        if not issues.exists():
+            return 0
+        columns = ", ".join(map(sql_identifier, ISSUE_COLUMNS))
+        return self._copy(f"{table.name}.issues", f"SELECT {columns} FROM read_parquet({sql_literal(str(issues))})",
+                          target, list(ISSUE_COLUMNS), progress=False)
 
     # ------------------------------------------------------------ deletes
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
@@ -372,6 +376,11 @@ class _Writer:
 
 def _removed(table: Table) -> sql.Identifier:
     return ident(f"_removed_{table.name}")
+
+
+def _issues_key(table: str) -> str:
+    """The loader_sync_state row naming the issue log loader_rejects holds for `table`."""
+    return f"{table}#issues"
 
 
 def _set_sync_state_sql(schema: str) -> sql.Composed:
