@@ -257,7 +257,7 @@ def schema_diff(
     settings, cfg, tables = _prepare(table, env_file, config=config, postgres_host=postgres_host, postgres_port=postgres_port,
                                      postgres_database=postgres_database, postgres_user=postgres_user,
                                      postgres_password=postgres_password, schema=schema)
-    if pipeline.schema_diff(settings, cfg, tables):
+    if pipeline.schema_differences(settings, cfg, tables):
         raise typer.Exit(1)
 
 
@@ -273,7 +273,7 @@ def schema_apply(
     settings, cfg, tables = _prepare(table, env_file, config=config, postgres_host=postgres_host, postgres_port=postgres_port,
                                      postgres_database=postgres_database, postgres_user=postgres_user,
                                      postgres_password=postgres_password, schema=schema)
-    if pipeline.schema_apply(settings, cfg, tables):
+    if pipeline.schema_differences(settings, cfg, tables, apply=True):
         raise typer.Exit(1)
 
 

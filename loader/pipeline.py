@@ -96,35 +96,27 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
         report.console.print(listing)
 
 
-def show_issues(settings: Settings, tables: list[str] | None, reason: str | None, examples: int) -> int:
-    """Print the issue counts per table and reason (and examples) from the staging; returns how many."""
-    log = Staging(settings.staging_dir).issue_log_sql()
+def show_issues(settings: Settings, tables: list[str] | None, reason: str | None, examples: int) -> None:
+    """Print the issue counts per table and reason (and examples) from the staging."""
+    staging = Staging(settings.staging_dir)
+    log = staging.issue_log_sql()
     if log is None:
         report.console.print("No issue recorded (no transform yet, or nothing rejected, skipped or warned).")
-        return 0
+        return
     if tables:
         log = f'SELECT * FROM ({log}) WHERE "table" IN ({", ".join(duck.sql_literal(t) for t in tables)})'
-    con = duck.connect(spill_dir=settings.staging_dir / "tmp", memory_limit=settings.duckdb_memory_limit)
+    con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     report.console.print(report.issue_counts(con, log))
     if examples:
         report.console.print(report.issue_examples(con, log, reason, examples))
-    return con.execute(f"SELECT count(*) FROM ({log})").fetchone()[0]
 
 
-def schema_diff(settings: Settings, config: Config, tables: list[Table]) -> list[schema.Difference]:
-    """Print how the PostgreSQL tables differ from the config; returns the differences."""
+def schema_differences(settings: Settings, config: Config, tables: list[Table], apply: bool = False) -> list[schema.Difference]:
+    """Print how the PostgreSQL tables differ from the config, after applying the additive
+    differences in one transaction with `apply`; returns the differences left."""
     with tunnel.opened(settings, mongodb=False) as settings, writer.connect(settings) as conn:
         found = schema.differences(conn, config, settings.postgres_schema, tables)
-    report.console.print(report.schema_differences(found) if found else "PostgreSQL matches the config.")
-    return found
-
-
-def schema_apply(settings: Settings, config: Config, tables: list[Table]) -> list[schema.Difference]:
-    """Apply the additive differences (missing tables, columns, keys) in one transaction and print
-    every difference; returns those left to the user."""
-    with tunnel.opened(settings, mongodb=False) as settings, writer.connect(settings) as conn:
-        found = schema.differences(conn, config, settings.postgres_schema, tables)
-        applied = schema.apply_additive(conn, found)
+        applied = schema.apply_additive(conn, found) if apply else []
     report.console.print(report.schema_differences(found, applied) if found else "PostgreSQL matches the config.")
     return [d for d in found if d not in applied]
 

@@ -43,6 +43,8 @@ FULL, DELTA, COMPACTED = "full", "delta", "compacted"
 BASES = (FULL, COMPACTED)
 DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
 NO_IDS = "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"  # an empty set of _ids, as a query
+# The documents of a snapshot the extract could not decode (_id, reason, detail).
+REJECTS_FILE = "rejects.parquet"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,11 @@ class Staging:
         return self.root / "tables" / f"{table}.parquet"
 
     def issues_file(self, table: str) -> Path:
-        return self.root / "issues" / f"{table}.parquet"
+        return self.issues_dir / f"{table}.parquet"
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / "issues"
 
     def table_state(self, table: str) -> str | None:
         """The identity of a table's staged rows (a hash of tables/<table>.parquet), None before
@@ -182,14 +188,14 @@ class Staging:
 
     def rejects_file(self, snapshot: Snapshot) -> Path:
         """The documents the extract could not decode (_id, reason, detail)."""
-        return self.snapshot_dir(snapshot.collection, snapshot.id) / "rejects.parquet"
+        return self.snapshot_dir(snapshot.collection, snapshot.id) / REJECTS_FILE
 
     def issue_log_sql(self) -> str | None:
         """A query of every recorded issue, in the columns of staging/issues (table, source_collection,
         source_id, kind, reason, column, value): the transform's issue log, and the extract's rejects
         of the snapshots in each collection's current view (table `(extract)`); None if there is none."""
-        parts = [f"SELECT * FROM read_parquet({sql_literal(str(self.root / 'issues' / '*.parquet'))})"] \
-            if any((self.root / "issues").glob("*.parquet")) else []
+        parts = [f"SELECT * FROM read_parquet({sql_literal(str(self.issues_dir / '*.parquet'))})"] \
+            if any(self.issues_dir.glob("*.parquet")) else []
         parts += [
             f"SELECT '(extract)' AS \"table\", {sql_literal(s.collection)} AS source_collection, _id AS source_id, "
             f"'reject' AS kind, reason, NULL AS \"column\", detail AS value FROM read_parquet({sql_literal(str(self.rejects_file(s)))})"

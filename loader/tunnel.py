@@ -15,6 +15,7 @@ import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import paramiko
@@ -95,29 +96,30 @@ def _ssh_client(settings: Settings) -> Iterator[paramiko.SSHClient]:
     password = settings.remote_server_password.get_secret_value() if settings.remote_server_password else None
     key = str(settings.remote_server_key.expanduser()) if settings.remote_server_key else None
     try:
-        client.connect(host, port, username=user, password=password, key_filename=key,
-                       timeout=settings.connect_timeout, banner_timeout=settings.connect_timeout,
-                       auth_timeout=settings.connect_timeout, look_for_keys=key is None and password is None)
-    except paramiko.BadHostKeyException:
-        client.close()
-        raise TunnelError(f"the SSH host key of {host}:{port} differs from the one in known_hosts: refusing to connect") from None
-    except paramiko.AuthenticationException:
-        client.close()
-        raise TunnelError(f"SSH authentication failed for {user}@{host}:{port}") from None
-    except paramiko.SSHException as exc:
-        client.close()
-        if "known_hosts" in str(exc):
-            raise TunnelError(f"the SSH host key of {host}:{port} is not in {known_hosts} or the system's known hosts: "
-                              f"verify it and add it (for example ssh-keyscan -p {port} {host}); it is never accepted "
-                              "automatically") from None
-        raise TunnelError(f"SSH connection to {host}:{port} failed: {exc}") from None
-    except OSError as exc:
-        client.close()
-        raise TunnelError(f"cannot reach the SSH server {host}:{port}: {exc.strerror or type(exc).__name__}") from None
-    try:
+        try:
+            client.connect(host, port, username=user, password=password, key_filename=key,
+                           timeout=settings.connect_timeout, banner_timeout=settings.connect_timeout,
+                           auth_timeout=settings.connect_timeout, look_for_keys=key is None and password is None)
+        except (paramiko.SSHException, OSError) as exc:
+            raise _connection_error(exc, host, port, user, known_hosts) from None
         yield client
     finally:
         client.close()
+
+
+def _connection_error(exc: Exception, host: str, port: int, user: str, known_hosts: Path) -> TunnelError:
+    """One line saying why the SSH connection failed (never the password)."""
+    server = f"{host}:{port}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return TunnelError(f"the SSH host key of {server} differs from the one in known_hosts: refusing to connect")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return TunnelError(f"SSH authentication failed for {user}@{server}")
+    if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
+        return TunnelError(f"the SSH host key of {server} is not in {known_hosts} or the system's known hosts: "
+                           f"verify it and add it (for example ssh-keyscan -p {port} {host}); it is never accepted automatically")
+    if isinstance(exc, paramiko.SSHException):
+        return TunnelError(f"SSH connection to {server} failed: {exc}")
+    return TunnelError(f"cannot reach the SSH server {server}: {getattr(exc, 'strerror', None) or type(exc).__name__}")
 
 
 @contextmanager

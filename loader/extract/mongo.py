@@ -37,7 +37,7 @@ from pymongo.errors import PyMongoError
 from loader import duck
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, Snapshot, Staging, new_snapshot_id, utc_now
+from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
@@ -205,7 +205,7 @@ def stage_collection(
         deleted = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
     hook.finish(source.name)
     if rejects:
-        _write_rejects(con, rejects, scratch / "rejects.parquet")
+        _write_rejects(con, rejects, scratch / REJECTS_FILE)
 
     documents, max_created, max_updated = _part_stats(con, [p for w in writers for p in w.parts])
     snapshot = Snapshot(

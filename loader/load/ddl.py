@@ -58,6 +58,11 @@ def create_index_sql(table: Table, column: str, schema: str) -> sql.Composed:
     )
 
 
+def table_statements(table: Table, schema: str) -> list[sql.Composed]:
+    """What creates a table: the table, then its indexes."""
+    return [create_table_sql(table, schema), *(create_index_sql(table, column, schema) for column in index_columns(table))]
+
+
 def sync_state_table_sql(schema: str) -> sql.Composed:
     """Per table, the staged state PostgreSQL holds (written with the table's rows)."""
     return sql.SQL(
@@ -80,6 +85,10 @@ def rejects_table_sql(schema: str) -> sql.Composed:
     ).format(sql.Identifier(schema), sql.Identifier(REJECTS))
 
 
+def has_rows(conn: psycopg.Connection, relation: sql.Composable) -> bool:
+    return conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)).fetchone()[0]
+
+
 def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:
     rows = conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
@@ -97,7 +106,6 @@ def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str)
         conn.execute(rejects_table_sql(schema))
         for table in config.ordered():
             if table.name in created:
-                conn.execute(create_table_sql(table, schema))
-                for column in index_columns(table):
-                    conn.execute(create_index_sql(table, column, schema))
+                for statement in table_statements(table, schema):
+                    conn.execute(statement)
     return created

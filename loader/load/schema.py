@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from loader.config import Config, Table
-from loader.load.ddl import create_index_sql, create_table_sql, index_columns, qualified as _qualified
+from loader.load.ddl import has_rows, qualified as _qualified, table_statements
 
 ident = sql.Identifier
 
@@ -51,12 +51,14 @@ def differences(conn: psycopg.Connection, config: Config, schema: str, tables: l
     found: list[Difference] = []
     with conn.transaction():  # read-only; ends here, so the caller's writes get transactions of their own
         actual = _shapes(conn, schema)
-        for table in tables or config.ordered():
-            if table.name not in actual:
-                found.append(Difference(table.name, "table missing", _as_text(conn, _create_sql(table, schema)), True,
-                                        missing_table=True))
+        selected = tables or config.ordered()
+        types = _expected_types(conn, [table for table in selected if table.name in actual])
+        for table in selected:
+            if table.name in actual:
+                found.extend(_table_differences(conn, table, schema, actual[table.name], types[table.name]))
             else:
-                found.extend(_table_differences(conn, table, schema, actual[table.name], _expected_types(conn, table)))
+                create = _as_text(conn, sql.SQL(";\n").join(table_statements(table, schema)))
+                found.append(Difference(table.name, "table missing", create, True, missing_table=True))
     return found
 
 
@@ -89,7 +91,7 @@ def _table_differences(conn, table: Table, schema: str, shape: _Shape, types: di
             if expected_not_null:
                 definition = sql.SQL("{} NOT NULL").format(definition)
             # rows already there would have no value for a NOT NULL column
-            add(f"column {column.name} missing", not (expected_not_null and _has_rows(conn, name)),
+            add(f"column {column.name} missing", not (expected_not_null and has_rows(conn, name)),
                 sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(name, definition))
             continue
         actual_type, not_null = shape.columns[column.name]
@@ -151,16 +153,24 @@ def _collector(conn: psycopg.Connection, table: Table, found: list[Difference]):
     return add
 
 
-def _expected_types(conn: psycopg.Connection, table: Table) -> dict[str, str]:
-    """The config's column types as PostgreSQL spells them (declared in a temporary table)."""
-    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(ident(c.name), sql.SQL(c.sql_type)) for c in table.columns)
+def _expected_types(conn: psycopg.Connection, tables: list[Table]) -> dict[str, dict[str, str]]:
+    """Per table, the config's column types as PostgreSQL spells them (declared in temporary
+    tables, rolled back; one catalog query for all)."""
+    temporary = {f"loader_expected_{i}": table for i, table in enumerate(tables)}
     with conn.transaction(force_rollback=True):
-        conn.execute(sql.SQL("CREATE TEMPORARY TABLE loader_expected_types ({})").format(columns))
+        for name, table in temporary.items():
+            columns = sql.SQL(", ").join(sql.SQL("{} {}").format(ident(c.name), sql.SQL(c.sql_type)) for c in table.columns)
+            conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} ({})").format(ident(name), columns))
         rows = conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = 'pg_temp.loader_expected_types'::regclass AND attnum > 0 AND NOT attisdropped"
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relnamespace = pg_my_temp_schema() AND c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            [list(temporary)],
         ).fetchall()
-    return dict(rows)
+    expected: dict[str, dict[str, str]] = {table.name: {} for table in tables}
+    for name, column, type_ in rows:
+        expected[temporary[name].name][column] = type_
+    return expected
 
 
 def _shapes(conn: psycopg.Connection, schema: str) -> dict[str, _Shape]:
@@ -197,15 +207,6 @@ def _shapes(conn: psycopg.Connection, schema: str) -> dict[str, _Shape]:
         )
         for table in columns
     }
-
-
-def _has_rows(conn: psycopg.Connection, table: sql.Composable) -> bool:
-    return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(table)).fetchone()[0]
-
-
-def _create_sql(table: Table, schema: str) -> sql.Composed:
-    statements = [create_table_sql(table, schema), *(create_index_sql(table, c, schema) for c in index_columns(table))]
-    return sql.SQL(";\n").join(statements)
 
 
 def _as_text(conn: psycopg.Connection, statement: sql.Composable) -> str:

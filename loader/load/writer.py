@@ -34,7 +34,7 @@ from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier, sql_literal
 from loader.load.schema import drift as schema_drift
-from loader.load.ddl import ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, qualified as _qualified
+from loader.load.ddl import ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, has_rows, qualified as _qualified
 from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging, file_hash
@@ -371,7 +371,7 @@ class _Writer:
         return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
 
     def _any(self, relation: sql.Composable) -> bool:
-        return self.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)).fetchone()[0]
+        return has_rows(self.conn, relation)
 
 
 def _removed(table: Table) -> sql.Identifier:
