@@ -240,6 +240,28 @@ def issues_report(
     pipeline.show_issues(settings, table, reason, examples or (5 if reason else 0))
 
 
+@app.command()
+@fails_cleanly
+def verify(
+    table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
+    staged: Annotated[bool, typer.Option("--staged", help="Compare with the staged snapshots instead of reading MongoDB.")] = False,
+    examples: Annotated[int, typer.Option("--examples", "-n", help="Keys shown per table and kind of difference.")] = 5,
+    mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None,
+    postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
+    postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None, timezone: Timezone = None,
+) -> None:
+    """Reconcile PostgreSQL with MongoDB (or the staged snapshots): per table the expected and
+    actual row counts, missing, extra and changed rows by key, checksums, and whether
+    loader_rejects holds the source's rejects; exit code 1 on any difference the rejects do not explain."""
+    settings, cfg, tables = _prepare(
+        table, env_file, config=config, staging=staging, mongodb_url=mongodb_url, mongodb_database=mongodb_database,
+        postgres_host=postgres_host, postgres_port=postgres_port, postgres_database=postgres_database,
+        postgres_user=postgres_user, postgres_password=postgres_password, schema=schema, timezone=timezone,
+    )
+    if not pipeline.reconcile(settings, cfg, tables, staged=staged, examples=examples):
+        raise typer.Exit(1)
+
+
 schema_app = typer.Typer(help="Compare the PostgreSQL tables with the config, and apply additive changes.",
                          no_args_is_help=True)
 app.add_typer(schema_app, name="schema")

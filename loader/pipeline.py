@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loader import duck, report, tunnel
+from loader import duck, report, tunnel, verify
 from loader.config import Config, Table
 from loader.extract import dump as mongodump
 from loader.extract import mongo
@@ -130,3 +130,18 @@ def rebuild(settings: Settings, config: Config, tables: list[Table], progress: b
         everything = frozenset(t.name for t in tables)
         transform(settings, config, tables, summary=False, force=everything)
         return load(settings, config, tables, progress=progress, force=everything, truncate=truncate)
+
+
+def reconcile(settings: Settings, config: Config, tables: list[Table], staged: bool = False, examples: int = 5) -> bool:
+    """Compare PostgreSQL with the rows MongoDB (or, `staged`, the staged snapshots) gives, print
+    the comparison; True when every table agrees."""
+    with tunnel.opened(settings, mongodb=not staged) as settings, writer.connect(settings) as conn:
+        checks = verify.verify(settings, config, tables, conn, staged, examples)
+    scratch = verify.verify_staging(settings)
+    collections = sorted({name for check in checks for name in check.collections})
+    report.console.print(report.verify_sources(verify.source_counts(settings, scratch, collections),
+                                               "the staged snapshots" if staged else f"MongoDB {settings.mongodb_database}"))
+    report.console.print(report.verify_summary(checks))
+    if any(c.examples for c in checks):
+        report.console.print(report.verify_examples(checks))
+    return all(c.ok for c in checks)

@@ -14,6 +14,7 @@ from loader.load.writer import LoadResult
 from loader.progress import ProgressHook
 from loader.staging import FULL, Snapshot, Staging
 from loader.transform.runner import TableResult
+from loader.verify import TableCheck
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -64,7 +65,8 @@ def new_table(title: str, *columns: str) -> RichTable:
     for i, column in enumerate(columns):
         numeric = i > 0 and column not in (
             "reasons", "snapshot", "collection", "strategy", "sync", "parents", "kind", "mode", "load", "transform", "next",
-            "since", "watermark", "in view", "reason", "column", "value", "_id", "difference", "fix", "SQL")
+            "since", "watermark", "in view", "reason", "column", "value", "_id", "difference", "fix", "SQL",
+            "rejects", "checksum", "status", "keys")
         table.add_column(column, justify="right" if numeric else "left")
     return table
 
@@ -169,3 +171,32 @@ def load_summary(results: list[LoadResult], transformed: dict[str, dict]) -> Ric
             _reasons(counts.get("reasons", {})),
         )
     return table
+
+
+def verify_sources(counts: list[tuple[str, int, int]], origin: str) -> RichTable:
+    listing = new_table(f"Source ({origin})", "collection", "documents", "rejected at extract")
+    for name, documents, rejected in counts:
+        listing.add_row(name, f"{documents:,}", f"{rejected:,}")
+    return listing
+
+
+def verify_summary(checks: list[TableCheck]) -> RichTable:
+    """Per table: the rows the source gives (and those rejected, explained by the rejects), the
+    rows PostgreSQL holds, the differences and the checksums."""
+    listing = new_table("Verify: PostgreSQL against the source", "table", "expected", "rejected", "PostgreSQL", "missing",
+                        "extra", "changed", "rejects", "checksum", "status")
+    for c in checks:
+        checksum = c.expected_checksum if c.expected_checksum == c.actual_checksum else f"{c.expected_checksum} ≠ {c.actual_checksum}"
+        rejects = "recorded" if not c.rejects_unrecorded else f"{c.rejects_unrecorded:,} differ"
+        status = "ok" if c.ok else c.problem or "DIFFERENT"
+        listing.add_row(c.table, f"{c.expected:,}", f"{c.rejected:,}", f"{c.actual:,}", f"{c.missing:,}", f"{c.extra:,}",
+                        f"{c.changed:,}", rejects, checksum, status)
+    return listing
+
+
+def verify_examples(checks: list[TableCheck]) -> RichTable:
+    listing = new_table("Differences (examples)", "table", "difference", "keys")
+    for c in checks:
+        for kind, keys in c.examples.items():
+            listing.add_row(c.table, kind, Text(", ".join(keys)))
+    return listing

@@ -197,7 +197,8 @@ class _Writer:
                     result.seconds += time.perf_counter() - clock
             for table in unit:
                 issues = file_hash(self.staging.issues_file(table.name)) or ""
-                if loaded.get(_issues_key(table.name), "") != issues:  # a run without change writes nothing
+                # A run without change writes nothing; a forced one rewrites the rejects too.
+                if table.name in forced or loaded.get(_issues_key(table.name), "") != issues:
                     rows = self._replace_issues(table)
                     self.conn.execute(_set_sync_state_sql(self.schema), [_issues_key(table.name), issues, rows])
             for name, state in states.items():
