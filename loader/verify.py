@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from loader import duck
-from loader.config import Column, Config, Table
+from loader.config import Config, Table
 from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
 from loader.extract import mongo
@@ -214,8 +214,7 @@ def _compare_rows(check: TableCheck, table: Table, config: Config, con, conn: ps
     actual_file = expected.tmp_dir / f"{table.name}.actual.csv"
     query = sql.SQL("SELECT {} FROM {} AS t {}").format(postgres_select, ddl.qualified(schema, table.name), sql.SQL(" ").join(joins))
     _copy_out(conn, query, actual_file)
-    duck.run(con, f"CREATE OR REPLACE TEMP TABLE actual AS SELECT * FROM read_csv({sql_literal(str(actual_file))}, "
-                  "header = false, columns = {'key': 'VARCHAR', 'hash': 'VARCHAR'}, quote = '\"', escape = '\"')")
+    duck.run(con, f"CREATE OR REPLACE TEMP TABLE actual AS SELECT * FROM {_csv(actual_file, ('key', 'hash'))}")
     actual_file.unlink()
     duck.run(con, "CREATE OR REPLACE TEMP TABLE only_expected AS SELECT * FROM expected EXCEPT ALL SELECT * FROM actual")
     duck.run(con, "CREATE OR REPLACE TEMP TABLE only_actual AS SELECT * FROM actual EXCEPT ALL SELECT * FROM expected")
@@ -241,6 +240,13 @@ def _copy_out(conn: psycopg.Connection, query: sql.Composable, path: Path) -> No
                 out.write(block)
 
 
+def _csv(path: Path, columns: tuple[str, ...]) -> str:
+    """DuckDB's reading of a CSV file PostgreSQL's COPY wrote (text columns; no sniffing, a file may be empty)."""
+    names = ", ".join(f"{sql_literal(c)}: 'VARCHAR'" for c in columns)
+    return (f"read_csv({sql_literal(str(path))}, header = false, auto_detect = false, delim = ',', quote = '\"', "
+            f"escape = '\"', columns = {{{names}}})")
+
+
 def _recorded_rejects(conn: psycopg.Connection, con, schema: str, existing: set[str], tmp: Path) -> str:
     """A DuckDB relation of the rejects PostgreSQL's loader_rejects holds ("table", source_id, reason)."""
     duck.run(con, 'CREATE TEMP TABLE recorded ("table" VARCHAR, source_id VARCHAR, reason VARCHAR)')
@@ -248,8 +254,7 @@ def _recorded_rejects(conn: psycopg.Connection, con, schema: str, existing: set[
         path = tmp / "loader_rejects.csv"
         _copy_out(conn, sql.SQL('SELECT "table", source_id, reason FROM {} WHERE kind = {}').format(
             ddl.qualified(schema, ddl.REJECTS), sql.Literal(REJECT)), path)
-        duck.run(con, f"INSERT INTO recorded SELECT * FROM read_csv({sql_literal(str(path))}, header = false, "
-                      "columns = {'table': 'VARCHAR', 'source_id': 'VARCHAR', 'reason': 'VARCHAR'}, quote = '\"', escape = '\"')")
+        duck.run(con, f"INSERT INTO recorded SELECT * FROM {_csv(path, ('table', 'source_id', 'reason'))}")
         path.unlink()
     return "recorded"
 

@@ -16,6 +16,7 @@ after the watermark, plus tombstones of deleted documents, MAPPING.md 5.2), see 
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections import deque
@@ -30,7 +31,7 @@ import bsonjs
 import pyarrow as pa
 import pymongo
 from bson import ObjectId, json_util
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
@@ -338,15 +339,49 @@ def _part_stats(con, parts: list[Path]) -> tuple[int, datetime | None, datetime 
 
 
 def _to_extended_json(documents: list[RawBSONDocument], rejects: list[Reject]) -> list[str]:
-    """Relaxed Extended JSON of each document; undecodable ones (invalid UTF-8...) are rejected."""
+    """Relaxed Extended JSON of each document; a document libbson cannot convert (invalid UTF-8)
+    is converted field by field; only a corrupt one is rejected whole."""
     out = []
     for document in documents:
+        raw = document.raw  # a document of 4 KB or more comes as a memoryview of its batch
+        raw = raw if isinstance(raw, bytes) else bytes(raw)
         try:
-            raw = document.raw  # a document of 4 KB or more comes as a memoryview of its batch
-            out.append(bsonjs.dumps(raw if isinstance(raw, bytes) else bytes(raw)))
-        except ValueError as exc:
-            rejects.append(Reject(_raw_id(document), "undecodable_bson", str(exc)))
+            out.append(bsonjs.dumps(raw))
+        except ValueError:
+            try:
+                out.append(_tolerant_extended_json(raw))
+            except (bson.errors.InvalidBSON, ValueError) as exc:
+                rejects.append(Reject(_raw_id(document), "undecodable_bson", str(exc)))
     return out
+
+
+# Invalid UTF-8 is decoded to lone surrogates (U+DC80..U+DCFF), one per undecodable byte.
+_TOLERANT = CodecOptions(unicode_decode_error_handler="surrogateescape", tz_aware=True,
+                         datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_RELAXED = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True,
+                                 datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def _tolerant_extended_json(raw: bytes) -> str:
+    """Relaxed Extended JSON in which a string holding invalid UTF-8 becomes
+    {"$invalidUtf8": text} (each bad byte written \\xNN), so that only the rows reading that
+    field are rejected (`invalid_utf8`, loader/sql/bson.sql)."""
+    return json_util.dumps(_mark_invalid_utf8(bson.decode(raw, _TOLERANT)), json_options=_RELAXED)
+
+
+def _mark_invalid_utf8(value):
+    if isinstance(value, str):
+        return {"$invalidUtf8": _escaped(value)} if _ESCAPED_BYTES.search(value) else value
+    if isinstance(value, dict):
+        return {_escaped(k): _mark_invalid_utf8(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_invalid_utf8(v) for v in value]
+    return value
+
+
+def _escaped(text: str) -> str:
+    return _ESCAPED_BYTES.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 
 def _raw_id(document: RawBSONDocument) -> str:

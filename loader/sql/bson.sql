@@ -1,7 +1,9 @@
 -- DuckDB macros over MongoDB Extended JSON (relaxed mode, as written by the extract stage).
 -- A staged document keeps every BSON type recoverable: ObjectId {"$oid": ...}, date {"$date": ...},
 -- Decimal128 {"$numberDecimal": ...}, NaN/Infinity {"$numberDouble": ...}; other numbers,
--- strings, booleans, arrays and documents are plain JSON.
+-- strings, booleans, arrays and documents are plain JSON. A string holding invalid UTF-8 is
+-- staged as {"$invalidUtf8": text with \xNN escapes} (loader/extract/mongo.py); it converts to
+-- nothing, so the rows reading it are rejected (`invalid_utf8`).
 -- Every conversion returns NULL when the value cannot be converted; callers decide whether a
 -- NULL from a present value is a reject (MAPPING.md C6) or a warning (C5).
 
@@ -20,6 +22,7 @@ CREATE OR REPLACE MACRO bson_type(j) AS CASE json_type(j)
         WHEN json_exists(j, '$."$numberDecimal"') THEN 'decimal'
         WHEN json_exists(j, '$."$numberDouble"') THEN 'double'
         WHEN json_exists(j, '$."$numberLong"') THEN 'int'
+        WHEN json_exists(j, '$."$invalidUtf8"') THEN 'invalidUtf8'
         WHEN starts_with(json_keys(j)[1], '$') THEN 'other'
         ELSE 'object' END
     END;

@@ -37,29 +37,33 @@ class ColumnSql:
 def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
     """Conversion and checks of one column, as SQL over `r` (raw JSON) and `v` (converted)."""
     base = column.base_type
-    present_but_lost = "bson_present(r) AND v IS NULL"
+    lost = "bson_present(r) AND v IS NULL"
     not_null = "NULL" if column.nullable else f"CASE WHEN v IS NULL THEN {sql_literal('not_null:' + column.name)} END"
+
+    def error(*checks: str) -> str:
+        # The first failing check names the reason; a value that did not convert is a type_error.
+        return (f"CASE WHEN bson_type(r) = 'invalidUtf8' THEN 'invalid_utf8' {' '.join(checks)} "
+                f"WHEN {lost} THEN 'type_error' ELSE {not_null} END")
 
     if column.is_reference:
         return ColumnSql(
             value="bson_ref(r, '_id')",
             error=not_null,
             final="v",
-            warning=f"CASE WHEN {present_but_lost} THEN 'bad_reference' END",
+            warning=f"CASE WHEN {lost} THEN 'bad_reference' END",
         )
     if column.family == "text":
         too_long = f"WHEN length(v) > {column.length} THEN 'value_too_long'" if column.length else ""
-        return ColumnSql(
-            value="bson_to_text(r)",
-            # PostgreSQL text cannot hold NUL characters.
-            error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN strpos(v, chr(0)) > 0 THEN 'nul_character' {too_long} ELSE {not_null} END",
-            final="v",
-        )
+        # PostgreSQL text cannot hold NUL characters.
+        return ColumnSql(value="bson_to_text(r)", error=error("WHEN strpos(v, chr(0)) > 0 THEN 'nul_character'", too_long),
+                         final="v")
     if column.family == "integer":
         low, high = INTEGER_RANGES[base]
+        # A number that does not fit (Infinity, 1E+400) is out of range; NaN is no number at all.
+        beyond = f"WHEN {lost} AND bson_type(r) IN ('int', 'double', 'decimal') AND NOT coalesce(isnan(bson_to_double(r)), false)"
         return ColumnSql(
             value="bson_to_integer(r)",
-            error=f"CASE WHEN {present_but_lost} THEN 'type_error' WHEN v NOT BETWEEN {low} AND {high} THEN 'out_of_range' ELSE {not_null} END",
+            error=error(f"{beyond} THEN 'out_of_range'", f"WHEN v NOT BETWEEN {low} AND {high} THEN 'out_of_range'"),
             final=f"CASE WHEN v BETWEEN {low} AND {high} THEN CAST(v AS {'INTEGER' if base == 'INT' else base}) END",
         )
     converters = {
@@ -70,11 +74,8 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
     }
     if column.family not in converters:
         raise TransformError(f"table '{table.name}', column '{column.name}': a {column.sql_type} column is not read from documents")
-    return ColumnSql(
-        value=converters[column.family],
-        error=f"CASE WHEN {present_but_lost} THEN 'type_error' ELSE {not_null} END",
-        final="v",
-    )
+    # Dates outside years 1..9999 do not convert: type_error (C6).
+    return ColumnSql(value=converters[column.family], error=error(), final="v")
 
 
 def source_columns(table: Table) -> list[Column]:
