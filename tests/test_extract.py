@@ -95,7 +95,22 @@ def test_a_delta_reads_each_changed_document_once(db, tmp_path):
     delta = stage(db, staging, "items")
     parts = duck.parquet_source(staging.document_parts(delta))
     ids = [i for (i,) in duck.connect().execute(f"SELECT _id FROM {parts}").fetchall()]
-    assert sorted(ids) == sorted(str(i) for i in (created, updated, both, at_watermark))  # inclusive watermark
+    # at_watermark is read again (the watermark is inclusive) but, unchanged, not recorded
+    assert sorted(ids) == sorted(str(i) for i in (created, updated, both))
+
+
+def test_documents_read_again_at_the_watermark_are_recorded_only_when_changed(db, tmp_path):
+    db.items.insert_many(documents(3))  # all stamped at what becomes the watermark
+    staging = Staging(tmp_path)
+    stage(db, staging, "items")
+    quiet = stage(db, staging, "items")
+    assert quiet.documents == 0 and [s.kind for s in staging.snapshots("items")] == [FULL], "a delta without change"
+
+    changed = db.items.find_one({"n": 1})["_id"]
+    db.items.update_one({"_id": changed}, {"$set": {"n": 99}})  # a write that keeps the stamp
+    delta = stage(db, staging, "items")
+    assert delta.documents == 1 and len(staging.snapshots("items")) == 2
+    assert staged_documents(staging, "items")[str(changed)]["n"] == 99
 
 
 def test_a_snapshot_staged_with_a_projection_is_replaced_by_a_full_one(db, tmp_path):

@@ -16,6 +16,7 @@ after the watermark, plus tombstones of deleted documents, MAPPING.md 5.2), see 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -201,14 +202,15 @@ def stage_collection(
             rejects += found
     if full:
         writers[0].close(keep_empty=True)
-    deleted = 0
+    deleted = 0 if full else _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
+    parts = [p for w in writers for p in w.parts]
     if not full:
-        deleted = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
+        parts = _without_unchanged(con, staging, source.name, parts)
     hook.finish(source.name)
     if rejects:
         _write_rejects(con, rejects, scratch / REJECTS_FILE)
 
-    documents, max_created, max_updated = _part_stats(con, [p for w in writers for p in w.parts])
+    documents, max_created, max_updated = _part_stats(con, parts)
     snapshot = Snapshot(
         collection=source.name,
         id=snapshot_id,
@@ -299,6 +301,48 @@ def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch
     if not deleted:
         tombstones.unlink()
     return deleted
+
+
+def _without_unchanged(con, staging: Staging, collection: str, parts: list[Path]) -> list[Path]:
+    """Drop from a delta's parts the documents identical to their staged version: those stamped
+    at or before the watermark, read again by the inclusive query (or the overlap). Returns the
+    parts left (a part left empty is removed)."""
+    watermark = staging.watermark(collection)
+    if not parts or watermark is None:
+        return parts
+    source = duck.parquet_source(parts)
+    stamp = "greatest(coalesce(creation_date, update_date), coalesce(update_date, creation_date))"
+    again = [i for (i,) in con.execute(f"SELECT _id FROM {source} WHERE {stamp} <= CAST(? AS TIMESTAMP)",
+                                       [watermark]).fetchall()]
+    if not again:
+        return parts
+    # IN lists of literals, pushed down to the Parquet scans: only these documents are read.
+    unchanged_ids = [i for (i,) in con.execute(
+        f"SELECT d._id FROM {source} d JOIN (SELECT _id, doc FROM ({staging.view_sql(collection)}) "
+        f"WHERE _id IN ({_literals(again)})) v ON v._id = d._id AND v.doc = d.doc").fetchall()]
+    if not unchanged_ids:
+        return parts
+    unchanged = _literals(unchanged_ids)
+    kept = []
+    for part in parts:
+        within = duck.parquet_source([part])
+        left, total = con.execute(f"SELECT count(*) FILTER (WHERE _id NOT IN ({unchanged})), count(*) FROM {within}").fetchall()[0]
+        if left == total:
+            kept.append(part)
+            continue
+        if left:
+            scratch = part.with_name(f".{part.name}")
+            duck.run(con, f"COPY (SELECT * FROM {within} WHERE _id NOT IN ({unchanged})) TO {duck.sql_literal(str(scratch))} "
+                          "(FORMAT parquet, COMPRESSION zstd)")
+            os.replace(scratch, part)
+            kept.append(part)
+        else:
+            part.unlink()
+    return kept
+
+
+def _literals(values: list[str]) -> str:
+    return ", ".join(duck.sql_literal(v) for v in values)
 
 
 def compact(con, staging: Staging, collection: str) -> Snapshot:
