@@ -249,6 +249,7 @@ def verify(
     mongodb_url: MongoUrl = None, mongodb_database: MongoDatabase = None,
     postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
     postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None, timezone: Timezone = None,
+    no_progress: NoProgress = False,
 ) -> None:
     """Reconcile PostgreSQL with MongoDB (or the staged snapshots): per table the expected and
     actual row counts, missing, extra and changed rows by key, checksums, and whether
@@ -258,7 +259,7 @@ def verify(
         postgres_host=postgres_host, postgres_port=postgres_port, postgres_database=postgres_database,
         postgres_user=postgres_user, postgres_password=postgres_password, schema=schema, timezone=timezone,
     )
-    if not pipeline.reconcile(settings, cfg, tables, staged=staged, examples=examples):
+    if not pipeline.reconcile(settings, cfg, tables, staged=staged, examples=examples, progress=not no_progress):
         raise typer.Exit(1)
 
 

@@ -132,11 +132,13 @@ def rebuild(settings: Settings, config: Config, tables: list[Table], progress: b
         return load(settings, config, tables, progress=progress, force=everything, truncate=truncate)
 
 
-def reconcile(settings: Settings, config: Config, tables: list[Table], staged: bool = False, examples: int = 5) -> bool:
+def reconcile(settings: Settings, config: Config, tables: list[Table], staged: bool = False, examples: int = 5,
+              progress: bool = True) -> bool:
     """Compare PostgreSQL with the rows MongoDB (or, `staged`, the staged snapshots) gives, print
     the comparison; True when every table agrees."""
-    with tunnel.opened(settings, mongodb=not staged) as settings, writer.connect(settings) as conn:
-        checks = verify.verify(settings, config, tables, conn, staged, examples)
+    with tunnel.opened(settings, mongodb=not staged) as settings, writer.connect(settings) as conn, \
+            report.progress_bars("docs") as bars:
+        checks = verify.verify(settings, config, tables, conn, staged, examples, report.Bars(bars) if progress else None)
     scratch = verify.verify_staging(settings)
     collections = sorted({name for check in checks for name in check.collections})
     report.console.print(report.verify_sources(verify.source_counts(settings, scratch, collections),

@@ -26,6 +26,7 @@ from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
 from loader.extract import mongo
 from loader.load import ddl
+from loader.progress import ProgressHook
 from loader.reasons import REJECT
 from loader.settings import Settings
 from loader.staging import Staging, write_json_atomically
@@ -68,9 +69,9 @@ class _Compared:
 
 
 def verify(settings: Settings, config: Config, tables: list[Table], conn: psycopg.Connection, staged: bool,
-           examples: int = 5) -> list[TableCheck]:
+           examples: int = 5, on_progress: ProgressHook | None = None) -> list[TableCheck]:
     """Compare each table of `tables` in PostgreSQL (`conn`) with the rows its source gives."""
-    expected = _expected_rows(settings, config, tables, staged)
+    expected = _expected_rows(settings, config, tables, staged, on_progress)
     con = duck.connect(spill_dir=expected.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     schema = settings.postgres_schema
     existing = ddl.existing_tables(conn, schema)
@@ -101,7 +102,8 @@ def verify_staging(settings: Settings) -> Staging:
 
 # ---------------------------------------------------------------- the expected side
 
-def _expected_rows(settings: Settings, config: Config, tables: list[Table], staged: bool) -> Staging:
+def _expected_rows(settings: Settings, config: Config, tables: list[Table], staged: bool,
+                   on_progress: ProgressHook | None) -> Staging:
     """A staging area of its own holding the tables (and their parents) transformed whole from a
     full extract of MongoDB, or from the snapshots of the loader's staging (`staged`)."""
     needed = config.ordered(sorted(_with_parents(config, tables)))
@@ -114,7 +116,7 @@ def _expected_rows(settings: Settings, config: Config, tables: list[Table], stag
         shutil.copyfile(source.manifest_path, scratch.manifest_path)
     else:
         collections = list(config.collections(needed))
-        mongo.extract(settings, scratch, collections, full=set(collections))
+        mongo.extract(settings, scratch, collections, on_progress, full=set(collections))
     runner.transform(settings, config, scratch, needed, force=frozenset(t.name for t in needed))
     return scratch
 

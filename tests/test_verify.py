@@ -14,7 +14,7 @@ generated_source = test_incremental.generated_source  # fixture: the dataset in 
 
 
 def verify(target: Target, *options: str):
-    return run_loader("verify", "--staging", str(target.staging), *options, env=target.env)
+    return run_loader("verify", "--staging", str(target.staging), "--no-progress", *options, env=target.env)
 
 
 def summary_row(output: str, table: str) -> list[str]:
