@@ -39,6 +39,8 @@ class Case:
     def __init__(self):
         self.company = stamped(name="Acme")
         self.numeric_name = stamped(name=42)  # a number where a string is expected: "42"
+        # two documents whose _id is the same text: neither is more right, both are rejected
+        self.same_id = [{**stamped(name="Int"), "_id": 5}, {**stamped(name="Text"), "_id": "5"}]
         self.event = stamped(name="Webinar", __t="webinar", start_date=T0, end_date=T0)
         event = [self.event["_id"]]
         self.users = {
@@ -69,7 +71,7 @@ class Case:
         }
 
     def collections(self) -> dict[str, list[dict]]:
-        return {"companies": [self.company, self.numeric_name], "events": [self.event],
+        return {"companies": [self.company, self.numeric_name, *self.same_id], "events": [self.event],
                 "users": list(self.users.values()), "offers": list(self.offers.values()),
                 "messages": list(self.messages.values())}
 
@@ -114,6 +116,8 @@ def assert_every_case_handled(case: Case, loader: Target) -> None:
     assert rejects(loader, "users") == {hexid(users[n]): r for n, r in REJECTED_USERS.items()}
     assert rejects(loader, "offers") == {hexid(offers[n]): r for n, r in REJECTED_OFFERS.items()}
     assert rejects(loader, "messages") == {hexid(case.messages[n]): r for n, r in REJECTED_MESSAGES.items()}
+    assert sorted(loader.query("SELECT source_id, reason FROM loader_rejects WHERE \"table\" = 'companies'")) == [
+        ("5", "duplicate_key"), ("5", "duplicate_key")]
     # a rejected user's dependants are rejected in DuckDB, before the load: not by PostgreSQL mid-COPY
     assert rejects(loader, "user_events") == {hexid(users["too_long"]): ("fk_missing:user_id", "user_id")}
     assert loader.query('SELECT user_id, event_id FROM user_events') == [(hexid(users["good"]), hexid(case.event))]

@@ -39,7 +39,7 @@ SQL_DIR = files("loader.transform").joinpath("sql")
 
 
 # Bump when a change of the SQL or the typing changes derived rows: every table is re-derived.
-DERIVATION_VERSION = 2
+DERIVATION_VERSION = 3
 FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
 
 
@@ -266,7 +266,8 @@ FROM records WHERE _dropped IS NOT NULL""")
     def _finish(self, table: Table, derived: str) -> None:
         """Foreign keys and UPSERT-KEY merging over every derived row of the table."""
         typed = f"(SELECT * EXCLUDE (_unit, _dropped, _dropped_value) FROM {derived} WHERE _dropped IS NULL)"
-        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {_merge_check_sql(table, _foreign_key_sql(table, typed, self.staging))}")
+        checks = _identity_check_sql(table, _merge_check_sql(table, _foreign_key_sql(table, typed, self.staging)))
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {checks}")
         _copy_atomically(self.con, _accepted_rows_sql(table, "checked"), self.staging.table_file(table.name))
         self.states.pop(table.name, None)
         _copy_atomically(self.con, _issues_sql(table, "checked", derived), self.staging.issues_file(table.name))
@@ -392,6 +393,21 @@ def _merge_check_sql(table: Table, checked: str) -> str:
     return f"SELECT * REPLACE (coalesce(_problem, {problems}) AS _problem) FROM ({checked})"
 
 
+def _identity_check_sql(table: Table, checked: str) -> str:
+    """Documents whose rows would share an identity (`_id` 5 and "5" both become id '5') are all
+    rejected (`duplicate_key`): none is more right than the others. UPSERT-KEY rows are merged per
+    key instead (5.5)."""
+    if table.latest_columns or not table.identity:
+        return checked
+    key = ", ".join(q(c) for c in table.identity)
+    window = f"OVER (PARTITION BY {key})"
+    accepted = "FILTER (WHERE _problem IS NULL)"
+    value = " || ' | ' || ".join(f"CAST({q(c)} AS VARCHAR)" for c in table.identity)
+    return f"""SELECT * REPLACE (coalesce(_problem, CASE WHEN _problem IS NULL AND count(*) {accepted} {window} > 1
+              THEN {{'column': {sql_literal(table.identity[0])}, 'reason': 'duplicate_key', 'value': {value}}} END) AS _problem)
+FROM ({checked})"""
+
+
 def _accepted_rows_sql(table: Table, checked: str) -> str:
     """The rows to load; UPSERT-KEY rows merged per key with the greatest timestamps (5.5)."""
     columns = staged_columns(table)
@@ -408,9 +424,11 @@ def _accepted_rows_sql(table: Table, checked: str) -> str:
 
 def _issues_sql(table: Table, checked: str, derived: str) -> str:
     """One record per reject (`_problem`), per warning of an accepted row, and per record the
-    strategy dropped (a skip or a warning, C10, 4.8)."""
+    strategy dropped (a skip or a warning, C10, 4.8). A NUL in an `_id` or a value is written
+    `\\x00` (the log goes to PostgreSQL's loader_rejects, whose text cannot hold it)."""
     name = sql_literal(table.name)
     return f"""
+SELECT * REPLACE (replace(source_id, chr(0), '\\x00') AS source_id, replace(value, chr(0), '\\x00') AS value) FROM (
 SELECT {name} AS "table", _source_collection AS source_collection, _source_id AS source_id,
        'reject' AS kind, _problem.reason AS reason, _problem."column" AS "column", _problem.value AS value
 FROM {checked} WHERE _problem IS NOT NULL
@@ -419,7 +437,7 @@ SELECT {name}, _source_collection, _source_id, 'warning', w.reason, w."column", 
 FROM (SELECT _source_collection, _source_id, unnest(_warnings) AS w FROM {checked} WHERE _problem IS NULL)
 UNION ALL
 SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, _dropped_value
-FROM {derived} WHERE _dropped IS NOT NULL
+FROM {derived} WHERE _dropped IS NOT NULL)
 ORDER BY 4, 5, 3"""
 
 
