@@ -32,6 +32,11 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_literals(values) -> str:
+    """Comma-separated SQL string literals (an IN list)."""
+    return ", ".join(sql_literal(v) for v in values)
+
+
 def sql_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -104,7 +104,7 @@ def show_issues(settings: Settings, tables: list[str] | None, reason: str | None
         report.console.print("No issue recorded (no transform yet, or nothing rejected, skipped or warned).")
         return
     if tables:
-        log = f'SELECT * FROM ({log}) WHERE "table" IN ({", ".join(duck.sql_literal(t) for t in tables)})'
+        log = f'SELECT * FROM ({log}) WHERE "table" IN ({duck.sql_literals(tables)})'
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     report.console.print(report.issue_counts(con, log))
     if examples:

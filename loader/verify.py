@@ -75,7 +75,7 @@ def verify(settings: Settings, config: Config, tables: list[Table], conn: psycop
     con = duck.connect(spill_dir=expected.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     schema = settings.postgres_schema
     existing = ddl.existing_tables(conn, schema)
-    recorded = _recorded_rejects(conn, con, schema, existing, expected.tmp_dir)
+    _record_rejects(conn, con, schema, existing, expected.tmp_dir)
     checks = []
     for table in tables:
         check = TableCheck(table.name, sorted(table.sources()))
@@ -83,7 +83,7 @@ def verify(settings: Settings, config: Config, tables: list[Table], conn: psycop
             check.problem = "table absent from PostgreSQL"
         else:
             _compare_rows(check, table, config, con, conn, schema, expected, examples)
-        _compare_rejects(check, con, expected, recorded)
+        _compare_rejects(check, con, expected, examples)
         checks.append(check)
     write_json_atomically(expected.root / EXAMPLES_FILE, {c.table: c.examples for c in checks if c.examples})
     return checks
@@ -249,8 +249,8 @@ def _csv(path: Path, columns: tuple[str, ...]) -> str:
             f"escape = '\"', columns = {{{names}}})")
 
 
-def _recorded_rejects(conn: psycopg.Connection, con, schema: str, existing: set[str], tmp: Path) -> str:
-    """A DuckDB relation of the rejects PostgreSQL's loader_rejects holds ("table", source_id, reason)."""
+def _record_rejects(conn: psycopg.Connection, con, schema: str, existing: set[str], tmp: Path) -> None:
+    """DuckDB's table `recorded`: the rejects PostgreSQL's loader_rejects holds ("table", source_id, reason)."""
     duck.run(con, 'CREATE TEMP TABLE recorded ("table" VARCHAR, source_id VARCHAR, reason VARCHAR)')
     if ddl.REJECTS in existing:
         path = tmp / "loader_rejects.csv"
@@ -258,18 +258,17 @@ def _recorded_rejects(conn: psycopg.Connection, con, schema: str, existing: set[
             ddl.qualified(schema, ddl.REJECTS), sql.Literal(REJECT)), path)
         duck.run(con, f"INSERT INTO recorded SELECT * FROM {_csv(path, ('table', 'source_id', 'reason'))}")
         path.unlink()
-    return "recorded"
 
 
-def _compare_rejects(check: TableCheck, con, expected: Staging, recorded: str) -> None:
+def _compare_rejects(check: TableCheck, con, expected: Staging, examples: int) -> None:
     """Rejects of the fresh transform vs those loader_rejects records for the table."""
     issues = expected.issues_file(check.table)
     fresh = (f"SELECT \"table\", source_id, reason FROM read_parquet({sql_literal(str(issues))}) WHERE kind = '{REJECT}'"
              if issues.exists() else "SELECT * FROM recorded WHERE false")
-    held = f"SELECT * FROM {recorded} WHERE \"table\" = {sql_literal(check.table)}"
+    held = f"SELECT * FROM recorded WHERE \"table\" = {sql_literal(check.table)}"
     check.rejected = con.execute(f"SELECT count(*) FROM ({fresh})").fetchone()[0]
     differing = f"(({fresh}) EXCEPT ALL ({held})) UNION ALL (({held}) EXCEPT ALL ({fresh}))"
     check.rejects_unrecorded, sample = con.execute(
-        f"SELECT count(*), list(source_id || ' ' || reason ORDER BY source_id)[1:5] FROM ({differing})").fetchone()
+        f"SELECT count(*), list(source_id || ' ' || reason ORDER BY source_id)[1:{examples}] FROM ({differing})").fetchone()
     if check.rejects_unrecorded:
         check.examples["rejects not as recorded"] = sample

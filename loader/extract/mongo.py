@@ -319,10 +319,10 @@ def _without_unchanged(con, staging: Staging, collection: str, parts: list[Path]
     # IN lists of literals, pushed down to the Parquet scans: only these documents are read.
     unchanged_ids = [i for (i,) in con.execute(
         f"SELECT d._id FROM {source} d JOIN (SELECT _id, doc FROM ({staging.view_sql(collection)}) "
-        f"WHERE _id IN ({_literals(again)})) v ON v._id = d._id AND v.doc = d.doc").fetchall()]
+        f"WHERE _id IN ({duck.sql_literals(again)})) v ON v._id = d._id AND v.doc = d.doc").fetchall()]
     if not unchanged_ids:
         return parts
-    unchanged = _literals(unchanged_ids)
+    unchanged = duck.sql_literals(unchanged_ids)
     kept = []
     for part in parts:
         within = duck.parquet_source([part])
@@ -339,10 +339,6 @@ def _without_unchanged(con, staging: Staging, collection: str, parts: list[Path]
         else:
             part.unlink()
     return kept
-
-
-def _literals(values: list[str]) -> str:
-    return ", ".join(duck.sql_literal(v) for v in values)
 
 
 def compact(con, staging: Staging, collection: str) -> Snapshot:

@@ -256,13 +256,11 @@ class _Writer:
             self.conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.SQL(owner), ident(name)))
         for index, _ in indexes:
             self.conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
-        keys = [c for c in constraints if c[3] != "f"]
-        foreign = [c for c in constraints if c[3] == "f"]
-        return ([sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(sql.SQL(owner), ident(name), sql.SQL(definition))
-                 for owner, name, definition, _ in keys]
+        added = [(kind == "f", sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(sql.SQL(owner), ident(name), sql.SQL(definition)))
+                 for owner, name, definition, kind in constraints]
+        return ([statement for foreign, statement in added if not foreign]
                 + [sql.SQL(definition) for _, definition in indexes]
-                + [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(sql.SQL(owner), ident(name), sql.SQL(definition))
-                   for owner, name, definition, _ in foreign])
+                + [statement for foreign, statement in added if foreign])
 
     # ------------------------------------------------------------ staged rows -> temporary tables
     def _staged(self, table: Table) -> str:
