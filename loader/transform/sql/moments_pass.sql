@@ -16,11 +16,6 @@ FROM {src_userquizzs}
 WHERE bson_type(json_extract(CAST(doc AS JSON), '$.type')) = 'string'
   AND json_extract_string(CAST(doc AS JSON), '$.type') = 'QUIZZ_TYPE_LOGBOOK';
 
-CREATE OR REPLACE TEMP TABLE moment_items AS
-SELECT _id AS id, CAST(doc AS JSON) AS d,
-       bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') AS question_id
-FROM {src_items};
-
 CREATE OR REPLACE TEMP TABLE moment_questions AS
 WITH elements AS (
     SELECT id AS moment_id,
@@ -38,7 +33,8 @@ firsts AS (
 questions AS (
     SELECT id, q,
            bson_ref(coalesce(bson_nn(json_extract(q, '$.quizz_question')), bson_nn(json_extract(q, '$.quizzQuestion'))), '_id') AS template_id
-    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions})
+    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions}
+          WHERE _id IN (SELECT question_id FROM firsts))
 ),
 templates AS (
     SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
@@ -49,6 +45,21 @@ SELECT f.moment_id, f.question_id, f.position, uq.q, t.title,
 FROM firsts f
 LEFT JOIN questions uq ON uq.id = f.question_id
 LEFT JOIN templates t ON t.id = uq.template_id;
+
+-- The items the candidates' questions can read: their answers and their chosen options.
+CREATE OR REPLACE TEMP TABLE moment_items AS
+WITH options AS (
+    SELECT bson_ref(element, '_id') AS id
+    FROM (SELECT unnest(json_extract(q, '$.qcm_answers[*]')) AS element FROM moment_questions
+          WHERE json_type(q, '$.qcm_answers') = 'ARRAY')
+    UNION
+    SELECT bson_ref(json_extract(q, '$.single_enum_answer'), '_id') FROM moment_questions
+)
+SELECT * FROM (
+    SELECT _id AS id, CAST(doc AS JSON) AS d,
+           bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') AS question_id
+    FROM {src_items})
+WHERE question_id IN (SELECT question_id FROM moment_questions) OR id IN (SELECT id FROM options);
 
 -- 4.4 step 1: item answers (text neither null nor empty), one detail each.
 CREATE OR REPLACE TEMP TABLE moment_item_answers AS
@@ -155,7 +166,7 @@ WITH logbooks AS (
 chosen AS (  -- 4.5 step 2: with user and day first, then C11
     SELECT moment_id, bson_ref(user, '_id') AS user_id, day IS NOT NULL AS has_day, bson_to_date(day, {timezone}) AS day
     FROM logbooks
-    WHERE moment_id IS NOT NULL
+    WHERE moment_id IN (SELECT id FROM moment_candidates)
     QUALIFY row_number() OVER (
         PARTITION BY moment_id
         ORDER BY (user IS NOT NULL AND day IS NOT NULL) DESC, update_date DESC NULLS LAST, creation_date DESC NULLS LAST, _id DESC
