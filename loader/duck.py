@@ -7,19 +7,29 @@ from pathlib import Path
 
 import duckdb
 
+SESSION_SETTINGS = "SET TimeZone = 'UTC'"  # C7: timestamps without offset are UTC
 BSON_MACROS = files("loader").joinpath("sql/bson.sql").read_text(encoding="utf-8")
 
 
 def connect(spill_dir: Path | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the session zone at UTC (C7) and the BSON macros loaded."""
     con = duckdb.connect()
-    run(con, "SET TimeZone = 'UTC'")
+    run(con, SESSION_SETTINGS)
     if spill_dir is not None:
         run(con, f"SET temp_directory = {sql_literal(str(spill_dir))}")
     if memory_limit:
         run(con, f"SET memory_limit = {sql_literal(memory_limit)}")
     run(con, BSON_MACROS)
     return con
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to the same database, for another thread: the tables, views and macros
+    are shared, its temporary tables are its own, the session settings are set again (a cursor
+    does not inherit them)."""
+    other = con.cursor()
+    run(other, SESSION_SETTINGS)
+    return other
 
 
 def run(con: duckdb.DuckDBPyConnection, statement: str) -> None:

@@ -114,7 +114,7 @@ def stage_in_parallel(settings: Settings, staging: Staging, sources: list[Source
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
 
     def stage(source: Source) -> Snapshot:
-        return stage_collection(con.cursor(), staging, source, source.name in full, settings.watermark_overlap_seconds,
+        return stage_collection(duck.cursor(con), staging, source, source.name in full, settings.watermark_overlap_seconds,
                                 ranges, on_progress)
 
     with ThreadPoolExecutor(max_workers=settings.extract_workers) as pool:  # collections in parallel
@@ -195,7 +195,7 @@ def stage_collection(
         queries = [{}]
 
     hook.start(source.name, count if full else 0)
-    writers = [_PartWriter(con.cursor(), scratch, prefix=f"part-{i:03d}") for i in range(len(queries))]
+    writers = [_PartWriter(duck.cursor(con), scratch, prefix=f"part-{i:03d}") for i in range(len(queries))]
     rejects: list[Reject] = []
     with ThreadPoolExecutor(max_workers=len(queries)) as pool:
         for found in pool.map(lambda task: _stage_documents(source, *task, hook), zip(queries, writers)):
