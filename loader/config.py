@@ -166,6 +166,11 @@ class Table:
     def foreign_keys(self) -> list[Column]:
         return [c for c in self.columns if c.foreign_key is not None]
 
+    @property
+    def parents(self) -> set[str]:
+        """The other tables this one references (loaded, and transformed, before it)."""
+        return {c.foreign_key.table for c in self.foreign_keys if c.foreign_key.table != self.name}
+
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 
@@ -399,10 +404,7 @@ def _with_natural_keys(path: Path, table: Table, tables: dict[str, Table]) -> Ta
 
 def _load_order(path: Path, tables: dict[str, Table]) -> tuple[str, ...]:
     """Parents before children (foreign keys); ties broken by export_order, then file order."""
-    parents = {
-        name: {c.foreign_key.table for c in t.foreign_keys if c.foreign_key.table != name}
-        for name, t in tables.items()
-    }
+    parents = {name: t.parents for name, t in tables.items()}
     children: dict[str, list[str]] = {name: [] for name in tables}
     for name, ps in parents.items():
         for parent in ps:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Parallel cursors (contiguous _id ranges) reading a large collection's full snapshot; pays on
     # a server that serves _id ranges from its index (mongod), not on one that scans (SecantusDB).
     extract_ranges: int = Field(1, alias="EXTRACT_RANGES", gt=0)
+    # Tables transformed at the same time (each once the tables it references are done).
+    transform_workers: int = Field(2, alias="TRANSFORM_WORKERS", gt=0)
     # DuckDB's memory (extract, transform, load); beyond it, DuckDB spills to staging/tmp.
     duckdb_memory_limit: str = Field("1GB", alias="DUCKDB_MEMORY_LIMIT")
     # Seconds to wait for a server before giving up with a one-line error.

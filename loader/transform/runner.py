@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -64,7 +66,7 @@ def transform(settings: Settings, config: Config, staging: Staging, tables: list
     for collection in config.collections(tables):
         duck.run(con, f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS {staging.view_sql(collection)}")
     run = _Run(con, settings, staging, force)
-    return [result for group in _groups(tables) for result in run.group(group)]
+    return run.groups(_groups(tables), settings.transform_workers)
 
 
 def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -91,10 +93,40 @@ def _groups(tables: list[Table]) -> list[list[Table]]:
 
 class _Run:
     def __init__(self, con, settings: Settings, staging: Staging, force: frozenset[str]):
-        self.con, self.settings, self.staging, self.force = con, settings, staging, force
+        self.root, self.settings, self.staging, self.force = con, settings, staging, force
         self.state = staging.transform_state()
         self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
         self.states: dict[str, str | None] = {}  # table -> hash of its staged rows, until rewritten
+        self._thread = threading.local()
+        self._lock = threading.Lock()  # the changed relations and the transform report
+
+    @property
+    def con(self):
+        """This thread's DuckDB connection: its temporary tables are its own."""
+        if not hasattr(self._thread, "con"):
+            self._thread.con = duck.cursor(self.root)
+        return self._thread.con
+
+    # ------------------------------------------------------------ scheduling
+    def groups(self, groups: list[list[Table]], workers: int) -> list[TableResult]:
+        """Transform the groups `workers` at a time, each once the groups of the tables it
+        references are done; the results in load order."""
+        futures: list[Future] = []
+        done_by: dict[str, Future] = {}  # table -> the future of its group
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transform") as pool:
+            for group in groups:
+                names = {t.name for t in group}
+                parents = {done_by[p] for t in group for p in t.parents - names if p in done_by}
+                # A group waits only for groups submitted before it, already taken by a worker
+                # (first in, first out): the waits cannot block every worker.
+                futures.append(pool.submit(self._group_after, parents, group))
+                done_by |= dict.fromkeys(names, futures[-1])
+        return [result for future in futures for result in future.result()]
+
+    def _group_after(self, parents: set[Future], tables: list[Table]) -> list[TableResult]:
+        for parent in parents:
+            parent.result()  # a parent that failed fails its children too
+        return self.group(tables)
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
@@ -199,17 +231,20 @@ class _Run:
         """A relation of the old and new versions (_id, doc) of the documents changed since
         snapshot `consumed` (an _id without version: created and deleted in between)."""
         key = (collection, consumed)
-        if key not in self.changed:
-            relation = q(f"changed_{len(self.changed)}")
-            ids = self.staging.changes_since(collection, consumed)
-            duck.run(self.con, f"""
-CREATE TEMP TABLE {relation} AS
+        with self._lock:  # shared by the tables reading the collection (a table, not temporary)
+            if key not in self.changed:
+                self.changed[key] = self._changed_relation(collection, consumed, q(f"changed_{len(self.changed)}"))
+        return self.changed[key]
+
+    def _changed_relation(self, collection: str, consumed: str, relation: str) -> str:
+        ids = self.staging.changes_since(collection, consumed)
+        duck.run(self.con, f"""
+CREATE TABLE {relation} AS
 WITH ids AS ({ids})
 SELECT _id, doc FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM ids)
 UNION ALL
 SELECT _id, doc FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
-            self.changed[key] = relation
-        return self.changed[key]
+        return relation
 
     def _source_views(self, table: Table, units: str | None) -> dict[str, str]:
         """Collection -> relation the strategy SQL reads: the unit documents only, in an
@@ -254,8 +289,7 @@ FROM records WHERE _dropped IS NOT NULL""")
         return state.get("output") != self._table_state(table.name) or state.get("parents") != self._parent_hashes(table)
 
     def _parent_hashes(self, table: Table) -> dict[str, str | None]:
-        parents = sorted({c.foreign_key.table for c in table.foreign_keys if c.foreign_key.table != table.name})
-        return {p: self._table_state(p) for p in parents}
+        return {p: self._table_state(p) for p in sorted(table.parents)}
 
     def _table_state(self, name: str) -> str | None:
         """Staging.table_state, hashed once per file version in a run."""
@@ -288,13 +322,15 @@ FROM records WHERE _dropped IS NOT NULL""")
         )
 
     def _record(self, table: Table, result: TableResult, consumed: dict[str, str]) -> None:
-        self.state[table.name] = asdict(result) | {
+        state = asdict(result) | {
             "fingerprint": self.fingerprint(table),
             "consumed": {c: consumed[c] for c in table.sources()},
             "output": self._table_state(table.name),
             "parents": self._parent_hashes(table),
         }
-        self.staging.write_transform_report({"finished_at": utc_now().isoformat(), "tables": self.state})
+        with self._lock:
+            self.state[table.name] = state
+            self.staging.write_transform_report({"finished_at": utc_now().isoformat(), "tables": self.state})
 
     # ------------------------------------------------------------ helpers
     def _placeholders(self, table: Table, views: dict[str, str]) -> dict[str, str]:
