@@ -74,3 +74,11 @@ def test_tables_lists_the_load_order():
     result = run_loader("tables", env={}, timeout=15)
     assert result.returncode == 0, result.stderr
     assert result.stdout.index("companies") < result.stdout.index("users") < result.stdout.index("coachings")
+
+
+def test_transform_of_a_table_before_its_parent_is_one_line(source, tmp_path):
+    # Tables are transformed in parallel threads: the error of one still ends the command in one line.
+    env = {**source, "TRANSFORM_WORKERS": "2"}
+    assert run_loader("extract", "--table", "users", "--table", "user_events", "--staging", str(tmp_path), env=env).returncode == 0
+    result = run_loader("transform", "--table", "users", "--table", "user_events", "--staging", str(tmp_path), env=env)
+    assert_one_line_failure(result, "'companies'", "has not been transformed yet")
