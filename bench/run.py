@@ -4,7 +4,8 @@ measured in the same run on the same machine, printed as one table of measures a
     .venv/bin/python bench/run.py [--size 1000000] [--changed 0.01] [--seed 7] [--sample 20000]
 
 Setup: `--size` generated documents (loader.demo.generator) inserted into SecantusDB (a MongoDB
-wire-protocol server running in this process), with indexes on `creation_date` and `update_date`
+wire-protocol server running in this process, in memory: 1.5 GB of cache per million documents),
+with indexes on `creation_date` and `update_date`
 of every collection (what the incremental extract queries); a throwaway PostgreSQL 15 cluster; a
 temporary staging folder.
 
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -419,8 +421,14 @@ class Figures:
     postgres_version: str
 
 
+def server_cache(documents: int) -> str:
+    """SecantusDB's in-memory cache for a dataset: 1.5 GB per million documents (1 GB held 1M
+    documents with their indexes and oplog; 5M overflowed it)."""
+    return f"{max(1, math.ceil(1.5 * documents / 1_000_000))}G"
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> Figures:
-    with MongoServer() as mongo, PostgresServer(database="bench") as pg, MongoClient(mongo.url) as client:
+    with MongoServer(cache_size=server_cache(args.size)) as mongo, PostgresServer(database="bench") as pg, MongoClient(mongo.url) as client:
         data = generator.generate(size=args.size, seed=args.seed)
         documents = sum(generator.insert(client[DATABASE], data).values())
         del data

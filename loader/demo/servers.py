@@ -125,10 +125,11 @@ class PostgresServer:
 class MongoServer:
     """SecantusDB in-process: a MongoDB wire-protocol server on a free loopback port."""
 
-    def __init__(self):
+    def __init__(self, cache_size: str = "1G"):
         from secantus import SecantusDBServer  # optional dependency (extras demo/dev)
 
-        self._server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:")
+        # In memory, the documents, indexes and oplog live in WiredTiger's cache: it bounds the data.
+        self._server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:", cache_size=cache_size)
 
     @property
     def url(self) -> str:
