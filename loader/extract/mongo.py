@@ -58,6 +58,12 @@ _PART_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parquet-par
 _REJECT_SCHEMA = pa.schema([("_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
+# connectTimeoutMS is also the timeout of pymongo's heartbeats, and one missed by a busy server
+# drops every connection and cancels the reads in flight (`_OperationCancelled`, seen with
+# SecantusDB at 5M documents): it gets far longer than the first contact (CONNECT_TIMEOUT).
+HEARTBEAT_TIMEOUT_MS = 60_000
+
+
 class SourceError(Exception):
     """MongoDB cannot be reached or read."""
 
@@ -76,7 +82,7 @@ def connect(settings: Settings) -> pymongo.MongoClient:
         client = pymongo.MongoClient(
             settings.mongodb_url.get_secret_value(),
             serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
+            connectTimeoutMS=max(timeout_ms, HEARTBEAT_TIMEOUT_MS),
             appname="loader",
         )
         client.admin.command("ping")
