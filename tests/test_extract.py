@@ -122,3 +122,17 @@ def test_a_snapshot_staged_with_a_projection_is_replaced_by_a_full_one(db, tmp_p
     staging.manifest_path.write_text(json.dumps(manifest))
     assert mongo.next_snapshot(staging, "items", False, 0)[2] == "full (staged with a projection)"
     assert stage(db, staging, "items").kind == FULL
+
+
+def test_a_part_of_large_documents_stays_within_duckdbs_memory(tmp_path):
+    # 240 documents of ~170 KB (the 5M-document dataset's `contents`) in one part, under a 250 MB
+    # limit: staging their _id and timestamps must not parse each document several times over.
+    readers = [{"user": {"$oid": str(ObjectId())}, "date": {"$date": "2024-01-01T00:00:00Z"}} for _ in range(2000)]
+    documents = [json.dumps({"_id": {"$oid": str(ObjectId())}, "creation_date": {"$date": "2024-01-0%dT00:00:00Z" % (1 + i % 9)},
+                             "update_date": "2024-02-01T10:00:00", "users": readers}) for i in range(240)]
+    writer = mongo._PartWriter(duck.connect(memory_limit="250MB"), tmp_path)
+    writer.add_all(documents)
+    writer.close()
+    staged = duck.connect().execute(
+        f"SELECT count(*), count(DISTINCT _id), min(creation_date), max(update_date) FROM {duck.parquet_source(writer.parts)}").fetchone()
+    assert staged == (240, 240, datetime(2024, 1, 1), datetime(2024, 2, 1, 10))

@@ -110,5 +110,5 @@ CREATE OR REPLACE MACRO bson_ref(j, key) AS CASE
         THEN bson_ref_inner(coalesce(bson_nn(json_extract(j, '$."' || key || '"')), bson_nn(json_extract(j, '$._id'))))
     ELSE bson_ref_leaf(j) END;
 
--- The staged `_id`: ObjectId hex, else the value's own text.
-CREATE OR REPLACE MACRO bson_id(doc) AS coalesce(bson_ref_leaf(json_extract(doc, '$._id')), bson_to_text(json_extract(doc, '$._id')), CAST(json_extract(doc, '$._id') AS VARCHAR));
+-- The staged `_id` of a document's `_id` value: ObjectId hex, else the value's own text.
+CREATE OR REPLACE MACRO bson_id(id) AS coalesce(bson_ref_leaf(id), bson_to_text(id), CAST(id AS VARCHAR));
