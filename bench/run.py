@@ -91,6 +91,7 @@ from loader.config import Table as TargetTable
 from loader.config import load_config
 from loader.demo import generator
 from loader.demo.servers import MongoServer, PostgresServer
+from loader.extract.mongo import Source
 from loader.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,11 +130,16 @@ def loader_run(settings: Settings, config: Config, args: argparse.Namespace) -> 
     return times
 
 
+def loader_collections(db, config: Config) -> list[str]:
+    """The collections the loader reads that exist in the source."""
+    return sorted(set(config.collections(config.ordered())) & set(db.list_collection_names()))
+
+
 def raw_cursor_run(settings: Settings, config: Config, args: argparse.Namespace) -> dict[str, float]:
     """Every collection the loader reads, `find({})` as raw BSON, documents counted only."""
     with MongoClient(settings.mongodb_url.get_secret_value()) as client:
         db = client.get_database(settings.mongodb_database, codec_options=CodecOptions(document_class=RawBSONDocument))
-        names = sorted(set(config.collections(config.ordered())) & set(db.list_collection_names()))
+        names = loader_collections(db, config)
         clock = time.perf_counter()
         documents = sum(1 for name in names for _ in db[name].find({}, batch_size=settings.batch_size))
         return {"seconds": time.perf_counter() - clock, "documents": documents, "collections": len(names)}
@@ -141,13 +147,13 @@ def raw_cursor_run(settings: Settings, config: Config, args: argparse.Namespace)
 
 def counts_run(settings: Settings, config: Config, args: argparse.Namespace) -> dict[str, float]:
     """What the incremental extract asks every collection for its deletion check: the document
-    count from the collection's metadata (`estimated_document_count`)."""
+    count from the collection's metadata (the extract's own `Source.count`)."""
     with MongoClient(settings.mongodb_url.get_secret_value()) as client:
         db = client.get_database(settings.mongodb_database)
-        names = sorted(set(config.collections(config.ordered())) & set(db.list_collection_names()))
+        sources = [Source(db, name, True, settings.batch_size) for name in loader_collections(db, config)]
         clock = time.perf_counter()
-        for name in names:
-            db[name].estimated_document_count()
+        for source in sources:
+            source.count()
         return {"seconds": time.perf_counter() - clock}
 
 

@@ -486,10 +486,10 @@ class _PartWriter:
 
     def _write(self, batch: pa.Table, path: Path) -> None:
         self.con.register("batch", batch)
+        # One parse per document for the three fields: every json_extract of a document parses it
+        # whole, and a vector of large documents (5M-document dataset: 441 `contents` of 170 KB)
+        # parsed several times over exceeded DuckDB's 1 GB.
         duck.run(self.con,
-            # One parse per document for the three fields: every json_extract of a document parses
-            # it whole, and a vector of large documents (5M-document dataset: 441 `contents` of
-            # 170 KB) parsed several times over exceeded DuckDB's 1 GB.
             f"""COPY (
                   SELECT bson_id(f[1]) AS _id, bson_to_timestamp(f[2]) AS creation_date,
                          bson_to_timestamp(f[3]) AS update_date, doc
