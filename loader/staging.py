@@ -36,6 +36,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from loader.duck import parquet_source, sql_literal
 
 MANIFEST_VERSION = 2
@@ -45,6 +49,30 @@ DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
 NO_IDS = "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"  # an empty set of _ids, as a query
 # The documents of a snapshot the extract could not decode (_id, reason, detail).
 REJECTS_FILE = "rejects.parquet"
+# A row group of a document part holds at most this much Extended JSON. DuckDB reads a row group
+# in vectors of up to 2,048 of its rows, and its JSON functions hold several times the JSON of a
+# vector while they work on it: a vector of 441 `contents` of 170 KB (5M-document dataset,
+# unnesting their `viewed_by`) needed more than 1 GB.
+ROW_GROUP_MAX_BYTES = 1024 * 1024
+
+
+def write_document_part(con, query: str, path: Path) -> None:
+    """The query's documents (DOCUMENT_COLUMNS) as a zstd Parquet part, in row groups of at most
+    ROW_GROUP_MAX_BYTES of JSON (or of one document)."""
+    reader = con.sql(query).to_arrow_reader()
+    with pq.ParquetWriter(path, reader.schema, compression="zstd") as out:
+        group: list[pa.RecordBatch] = []  # the row group being filled, and its bytes
+        size = 0
+        for batch in reader:
+            start = 0
+            for row, length in enumerate(pc.fill_null(pc.binary_length(batch.column("doc")), 0).to_pylist()):
+                if size and size + length > ROW_GROUP_MAX_BYTES:
+                    out.write_table(pa.Table.from_batches([*group, batch.slice(start, row - start)]))
+                    group, size, start = [], 0, row
+                size += length
+            group.append(batch.slice(start))
+        if size:
+            out.write_table(pa.Table.from_batches(group))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ class Strategy:
     # The column of the table holding the unit's key when it is not the row's identity
     # (indexed: C13).
     unit_column: str | None = None
+    # The records are a view of the staged documents rather than a table: for a plain projection
+    # of them, materializing would hold the whole collection (and large documents in vectors of
+    # 2,048) in DuckDB's memory, while the staged parts are read in bounded row groups.
+    streamed: bool = False
 
     @property
     def array_fields(self) -> tuple[str, ...]:
@@ -73,8 +77,8 @@ DISCRIMINATOR_FIELDS = ("__t", "kind")
 
 # Tables without `import_strategy`: entity tables (include_base) are upserted by id, the
 # others by their first unique constraint with the "latest timestamps" merge (MAPPING.md 5.5).
-ENTITY = Strategy("entity", UPSERT_ID, sql="entity.sql")
-KEYED = Strategy("keyed", UPSERT_KEY, sql="entity.sql")
+ENTITY = Strategy("entity", UPSERT_ID, sql="entity.sql", streamed=True)
+KEYED = Strategy("keyed", UPSERT_KEY, sql="entity.sql", streamed=True)
 
 
 def _relationship(name: str, parent_column: str, element_column: str, *arrays: ArrayField, element_date: bool = False) -> Strategy:

@@ -39,7 +39,7 @@ from pymongo.errors import PyMongoError
 from loader import duck
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now
+from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now, write_document_part
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
@@ -355,7 +355,7 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
     latest = staging.snapshots(collection)[-1]
     scratch = staging.begin_snapshot(collection, snapshot_id)
     part = scratch / "part-00000.parquet"
-    duck.run(con, f"COPY ({staging.view_sql(collection)} ORDER BY _id) TO {duck.sql_literal(str(part))} (FORMAT parquet, COMPRESSION zstd)")
+    write_document_part(con, f"{staging.view_sql(collection)} ORDER BY _id", part)
     documents, max_created, max_updated = _part_stats(con, [part])
     snapshot = replace(
         latest,
@@ -489,11 +489,7 @@ class _PartWriter:
         # One parse per document for the three fields: every json_extract of a document parses it
         # whole, and a vector of large documents (5M-document dataset: 441 `contents` of 170 KB)
         # parsed several times over exceeded DuckDB's 1 GB.
-        duck.run(self.con,
-            f"""COPY (
-                  SELECT bson_id(f[1]) AS _id, bson_to_timestamp(f[2]) AS creation_date,
-                         bson_to_timestamp(f[3]) AS update_date, doc
-                  FROM (SELECT doc, json_extract(doc, ['$._id', '$.creation_date', '$.update_date']) AS f FROM batch)
-                ) TO {duck.sql_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"""
-        )
+        write_document_part(self.con, """
+            SELECT bson_id(f[1]) AS _id, bson_to_timestamp(f[2]) AS creation_date, bson_to_timestamp(f[3]) AS update_date, doc
+            FROM (SELECT doc, json_extract(doc, ['$._id', '$.creation_date', '$.update_date']) AS f FROM batch)""", path)
         self.con.unregister("batch")

@@ -262,10 +262,15 @@ SELECT _id, doc FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE 
     # ------------------------------------------------------------ derive and finish
     def _derive(self, table: Table, values: dict[str, str]) -> str:
         """Records of the strategy SQL -> typed rows and dropped records, with their unit."""
-        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE records AS {sql_file(table.strategy.sql, values)}")
-        names = {row[0] for row in self.con.execute("DESCRIBE records").fetchall()}
-        if "_unit" not in names:
-            duck.run(self.con, "ALTER TABLE records ADD COLUMN _unit VARCHAR; UPDATE records SET _unit = _source_id")
+        *setup, records = (statement.query for statement in self.con.extract_statements(sql_file(table.strategy.sql, values)))
+        for statement in setup:
+            duck.run(self.con, statement)
+        names = {row[0] for row in self.con.execute(f"DESCRIBE SELECT * FROM ({records})").fetchall()}
+        records = f"SELECT *{'' if '_unit' in names else ', _source_id AS _unit'} FROM ({records})"
+        if not table.strategy.streamed:
+            duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE materialized_records AS {records}")
+            records = "SELECT * FROM materialized_records"
+        duck.run(self.con, f"CREATE OR REPLACE TEMP VIEW records AS {records}")
         rows_sql = typed_rows_sql(table, "SELECT * FROM records WHERE _dropped IS NULL", self.settings.source_timezone, table.latest_columns)
         carried = "".join(f", {q(c)}" for c in carried_columns(table))
         duck.run(self.con, f"""
