@@ -49,29 +49,34 @@ DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
 NO_IDS = "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"  # an empty set of _ids, as a query
 # The documents of a snapshot the extract could not decode (_id, reason, detail).
 REJECTS_FILE = "rejects.parquet"
-# A row group of a document part holds at most this much Extended JSON. DuckDB reads a row group
-# in vectors of up to 2,048 of its rows, and its JSON functions hold several times the JSON of a
-# vector while they work on it: a vector of 441 `contents` of 170 KB (5M-document dataset,
-# unnesting their `viewed_by`) needed more than 1 GB.
-ROW_GROUP_MAX_BYTES = 1024 * 1024
+# Document parts are written so that DuckDB's vectors of their rows (2,048 rows of a row group at a
+# time) hold at most VECTOR_MAX_BYTES of Extended JSON: its JSON functions hold several times the
+# JSON of a vector while they work on it, and a vector of 441 `contents` of 170 KB (5M-document
+# dataset, unnesting their `viewed_by`) needed more than 1 GB. A row group is therefore cut where
+# the next document would overflow its current vector; small documents keep whole vectors (row
+# groups of DUCKDB_ROW_GROUP_ROWS, DuckDB's own size, read in parallel).
+VECTOR_ROWS = 2048
+VECTOR_MAX_BYTES = 2 * 1024 * 1024
+DUCKDB_ROW_GROUP_ROWS = 60 * VECTOR_ROWS
 
 
 def write_document_part(con, query: str, path: Path) -> None:
-    """The query's documents (DOCUMENT_COLUMNS) as a zstd Parquet part, in row groups of at most
-    ROW_GROUP_MAX_BYTES of JSON (or of one document)."""
+    """The query's documents (DOCUMENT_COLUMNS) as a zstd Parquet part, in row groups whose
+    vectors hold at most VECTOR_MAX_BYTES of JSON (or one document)."""
     reader = con.sql(query).to_arrow_reader()
     with pq.ParquetWriter(path, reader.schema, compression="zstd") as out:
-        group: list[pa.RecordBatch] = []  # the row group being filled, and its bytes
-        size = 0
+        group: list[pa.RecordBatch] = []  # the row group being filled: its rows, and the bytes of its last vector
+        rows = vector_bytes = 0
         for batch in reader:
             start = 0
             for row, length in enumerate(pc.fill_null(pc.binary_length(batch.column("doc")), 0).to_pylist()):
-                if size and size + length > ROW_GROUP_MAX_BYTES:
+                if rows == DUCKDB_ROW_GROUP_ROWS or (vector_bytes and vector_bytes + length > VECTOR_MAX_BYTES):
                     out.write_table(pa.Table.from_batches([*group, batch.slice(start, row - start)]))
-                    group, size, start = [], 0, row
-                size += length
+                    group, rows, vector_bytes, start = [], 0, 0, row
+                rows += 1
+                vector_bytes = 0 if rows % VECTOR_ROWS == 0 else vector_bytes + length
             group.append(batch.slice(start))
-        if size:
+        if rows:
             out.write_table(pa.Table.from_batches(group))
 
 
