@@ -63,7 +63,7 @@ DUCKDB_ROW_GROUP_ROWS = 60 * VECTOR_ROWS
 def write_document_part(con, query: str, path: Path) -> None:
     """The query's documents (DOCUMENT_COLUMNS) as a zstd Parquet part, in row groups whose
     vectors hold at most VECTOR_MAX_BYTES of JSON (or one document)."""
-    reader = con.sql(query).to_arrow_reader()
+    reader = con.sql(query).to_arrow_reader(VECTOR_ROWS)  # Arrow batches of a vector: bounded whatever the documents
     with pq.ParquetWriter(path, reader.schema, compression="zstd") as out:
         group: list[pa.RecordBatch] = []  # the row group being filled: its rows, and the bytes of its last vector
         rows = vector_bytes = 0

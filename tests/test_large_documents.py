@@ -30,12 +30,12 @@ def large_source(mongo):
         client.drop_database(name)
         client[name].users.insert_many(users)
         client[name].contents.insert_many(contents)
-        yield contents, {"MONGODB_URL": mongo.url, "MONGODB_DATABASE": name}
+        yield users, contents, {"MONGODB_URL": mongo.url, "MONGODB_DATABASE": name}
         client.drop_database(name)
 
 
 def test_long_arrays_of_large_documents_load_under_a_small_memory_limit(large_source, target, tmp_path):
-    contents, source = large_source
+    _, contents, source = large_source
     env = {**source, **target, "LOADER_STAGING_DIR": str(tmp_path / "staging"), "DUCKDB_MEMORY_LIMIT": "450MB"}
     result = run_loader("run", "--no-progress", env=env)
     assert result.returncode == 0, result.stderr
@@ -43,3 +43,21 @@ def test_long_arrays_of_large_documents_load_under_a_small_memory_limit(large_so
         assert conn.execute("SELECT count(*) FROM contents").fetchone()[0] == CONTENTS
         reads = conn.execute("SELECT content_id, count(DISTINCT user_id) FROM users_contents_reads GROUP BY 1").fetchall()
     assert dict(reads) == {str(c["_id"]): READERS for c in contents}
+
+
+def test_a_delta_of_large_documents_loads_under_a_small_memory_limit(large_source, target, tmp_path):
+    # Every content gains a reader (in the application, reading a content updates it): the
+    # incremental run re-derives them all from a delta snapshot.
+    users, contents, source = large_source
+    env = {**source, **target, "LOADER_STAGING_DIR": str(tmp_path / "staging"), "DUCKDB_MEMORY_LIMIT": "450MB"}
+    assert run_loader("run", "--no-progress", env=env).returncode == 0
+    with MongoClient(source["MONGODB_URL"]) as client:
+        collection = client[source["MONGODB_DATABASE"]].contents
+        for i, content in enumerate(contents):  # its readers are users i to i + READERS - 1
+            collection.update_one({"_id": content["_id"]}, {"$set": {"update_date": datetime.now(timezone.utc)},
+                                                            "$push": {"viewed_by": {"user": users[(i + READERS) % USERS]["_id"], "date": T0}}})
+    result = run_loader("run", "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    with connect(target) as conn:
+        reads = conn.execute("SELECT content_id, count(DISTINCT user_id) FROM users_contents_reads GROUP BY 1").fetchall()
+    assert dict(reads) == {str(c["_id"]): READERS + 1 for c in contents}

@@ -34,7 +34,7 @@ from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
 from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
-from loader.staging import Staging, utc_now
+from loader.staging import DOCUMENT_COLUMNS, Staging, utc_now, write_document_part
 from loader.transform.typing import TransformError, carried_columns, staged_columns, typed_rows_sql
 
 SQL_DIR = files("loader.transform").joinpath("sql")
@@ -158,15 +158,19 @@ class _Run:
                 self._record(table, result, consumed)
             return results
         units = None if full else self._select_units(first)
-        views = self._source_views(first, units)
-        values = self._placeholders(first, views)
-        if first.strategy.prepare and (units is None or self._count(units)):
-            duck.run(self.con, sql_file(first.strategy.prepare, values))
-        results = []
-        for table in tables:
-            result = self._table(table, self._placeholders(table, views), units)
-            self._record(table, result, consumed)
-            results.append(result)
+        views, unit_parts = self._source_views(first, units)
+        try:
+            values = self._placeholders(first, views)
+            if first.strategy.prepare and (units is None or self._count(units)):
+                duck.run(self.con, sql_file(first.strategy.prepare, values))
+            results = []
+            for table in tables:
+                result = self._table(table, self._placeholders(table, views), units)
+                self._record(table, result, consumed)
+                results.append(result)
+        finally:
+            for part in unit_parts:
+                part.unlink(missing_ok=True)
         results[0].seconds = round(time.perf_counter() - clock - sum(r.seconds for r in results[1:]), 3)
         return results
 
@@ -246,18 +250,22 @@ UNION ALL
 SELECT _id, doc FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
         return relation
 
-    def _source_views(self, table: Table, units: str | None) -> dict[str, str]:
+    def _source_views(self, table: Table, units: str | None) -> tuple[dict[str, str], list[Path]]:
         """Collection -> relation the strategy SQL reads: the unit documents only, in an
-        incremental run, for the table's own sources; the whole current view otherwise."""
+        incremental run, for the table's own sources (written as a document part under
+        staging/tmp, read in bounded row groups like the staged ones; returned second, to be
+        removed); the whole current view otherwise."""
         views = {c: q(f"src_{c}") for c in table.sources()}
+        parts: list[Path] = []
         if units is None:
-            return views
+            return views, parts
         for collection in table.sources():
             if collection not in table.strategy.lookups:
-                views[collection] = q(f"unit_src_{collection}")
-                duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE {views[collection]} AS "
-                                   f"SELECT * FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM {units})")
-        return views
+                parts.append(self.staging.tmp_dir / f"units-{table.name}-{collection}.parquet")
+                write_document_part(self.con, f"SELECT {DOCUMENT_COLUMNS} FROM {q('src_' + collection)} "
+                                              f"WHERE _id IN (SELECT _id FROM {units})", parts[-1])
+                views[collection] = f"read_parquet({sql_literal(str(parts[-1]))})"
+        return views, parts
 
     # ------------------------------------------------------------ derive and finish
     def _derive(self, table: Table, values: dict[str, str]) -> str:
