@@ -113,14 +113,19 @@ class _Run:
         references are done; the results in load order."""
         futures: list[Future] = []
         done_by: dict[str, Future] = {}  # table -> the future of its group
+        alone: set[Future] = set()  # a group that runs by itself, once submitted
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transform") as pool:
             for group in groups:
                 names = {t.name for t in group}
-                parents = {done_by[p] for t in group for p in t.parents - names if p in done_by}
+                parents = {done_by[p] for t in group for p in t.parents - names if p in done_by} | alone
+                # A shared pass derived in full (the moments: every logbook question of the source,
+                # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
+                by_itself = bool(group[0].strategy.prepare) and any(self.full_reason(t) for t in group)
                 # A group waits only for groups submitted before it, already taken by a worker
                 # (first in, first out): the waits cannot block every worker.
-                futures.append(pool.submit(self._group_after, parents, group))
+                futures.append(pool.submit(self._group_after, set(futures) if by_itself else parents, group))
                 done_by |= dict.fromkeys(names, futures[-1])
+                alone = {futures[-1]} if by_itself else alone
         return [result for future in futures for result in future.result()]
 
     def _group_after(self, parents: set[Future], tables: list[Table]) -> list[TableResult]:
@@ -171,8 +176,19 @@ class _Run:
         finally:
             for part in unit_parts:
                 part.unlink(missing_ok=True)
+            self._drop_temporaries()
         results[0].seconds = round(time.perf_counter() - clock - sum(r.seconds for r in results[1:]), 3)
         return results
+
+    def _drop_temporaries(self) -> None:
+        """Drop this thread's temporary views and tables: kept until replaced, they would hold
+        DuckDB's memory while the next groups run (at 5M documents, the 2.5M-row tables of
+        users_quizzs_questions left the moments pass without room)."""
+        temporaries = self.con.execute(
+            "SELECT 'VIEW', view_name FROM duckdb_views() WHERE temporary AND NOT internal "
+            "UNION ALL SELECT 'TABLE', table_name FROM duckdb_tables() WHERE temporary").fetchall()
+        for kind, name in temporaries:
+            duck.run(self.con, f"DROP {kind} temp.{q(name)}")
 
     def _table(self, table: Table, values: dict[str, str], units: str | None) -> TableResult:
         clock = time.perf_counter()

@@ -107,7 +107,10 @@ joined_choices AS (
     FROM choice_texts GROUP BY ALL
 ),
 fields AS (
-    SELECT p.moment_id, p.question_id, p.title, p.q,
+    -- the question's timestamps, not the whole question: this table is as long as the questions
+    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there
+    SELECT p.moment_id, p.question_id, p.title,
+           json_extract(p.q, '$.creation_date') AS question_created, json_extract(p.q, '$.update_date') AS question_updated,
            j.text AS qcm, j.missing AS qcm_missing,
            bson_nn(json_extract(p.q, '$.scale_1_10_answer')) AS scale,
            bson_ref(json_extract(p.q, '$.single_enum_answer'), '_id') AS single_id,
@@ -143,8 +146,8 @@ SELECT moment_id, source_id, source_collection, d FROM moment_item_answers
 UNION ALL
 SELECT moment_id, question_id, 'userquizzquestions',
        json_object('_id', question_id,
-                   'creation_date', json_extract(q, '$.creation_date'),
-                   'update_date', json_extract(q, '$.update_date'),
+                   'creation_date', question_created,
+                   'update_date', question_updated,
                    'user_logbook_moment_id', moment_id,
                    'question', title,
                    'answer', answer)
