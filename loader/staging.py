@@ -65,8 +65,8 @@ def write_document_part(con, query: str, path: Path) -> None:
     vectors hold at most VECTOR_MAX_BYTES of JSON (or one document)."""
     reader = con.sql(query).to_arrow_reader(VECTOR_ROWS)  # Arrow batches of a vector: bounded whatever the documents
     with pq.ParquetWriter(path, reader.schema, compression="zstd") as out:
-        group: list[pa.RecordBatch] = []  # the row group being filled: its rows, and the bytes of its last vector
-        rows = vector_bytes = 0
+        group: list[pa.RecordBatch] = []  # the slices of the row group being filled
+        rows = vector_bytes = 0  # its rows, and the JSON bytes of its last vector so far
         for batch in reader:
             start = 0
             for row, length in enumerate(pc.fill_null(pc.binary_length(batch.column("doc")), 0).to_pylist()):

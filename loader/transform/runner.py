@@ -118,20 +118,21 @@ class _Run:
             for group in groups:
                 names = {t.name for t in group}
                 parents = {done_by[p] for t in group for p in t.parents - names if p in done_by} | alone
+                full = any(self.full_reason(t) for t in group)
                 # A shared pass derived in full (the moments: every logbook question of the source,
                 # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
-                by_itself = bool(group[0].strategy.prepare) and any(self.full_reason(t) for t in group)
+                by_itself = bool(group[0].strategy.prepare) and full
                 # A group waits only for groups submitted before it, already taken by a worker
                 # (first in, first out): the waits cannot block every worker.
-                futures.append(pool.submit(self._group_after, set(futures) if by_itself else parents, group))
+                futures.append(pool.submit(self._group_after, set(futures) if by_itself else parents, group, full))
                 done_by |= dict.fromkeys(names, futures[-1])
                 alone = {futures[-1]} if by_itself else alone
         return [result for future in futures for result in future.result()]
 
-    def _group_after(self, parents: set[Future], tables: list[Table]) -> list[TableResult]:
+    def _group_after(self, parents: set[Future], tables: list[Table], full: bool) -> list[TableResult]:
         for parent in parents:
             parent.result()  # a parent that failed fails its children too
-        return self.group(tables)
+        return self.group(tables, full)
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
@@ -152,11 +153,12 @@ class _Run:
         return None
 
     # ------------------------------------------------------------ one group of tables
-    def group(self, tables: list[Table]) -> list[TableResult]:
+    def group(self, tables: list[Table], full: bool) -> list[TableResult]:
+        """Transform one group of tables: re-derived whole when `full` (a table of it has a
+        full_reason), else only the units its changed documents select."""
         clock = time.perf_counter()
         first = tables[0]
         consumed = {c: self.staging.latest_id(c) for t in tables for c in t.sources()}
-        full = any(self.full_reason(t) for t in tables)
         if not full and self._untouched(tables, consumed):
             results = [self._unchanged(t) for t in tables]
             for table, result in zip(tables, results):
