@@ -13,7 +13,8 @@
       transform.json                     per table: counts, the snapshots consumed, the output state
       loaded/<table>/<state>.parquet     the rows PostgreSQL holds (its loader_sync_state names
                                          the state), the baseline of the next incremental load
-      tmp/                               scratch space (DuckDB spill files, COPY streams)
+      tmp/                               scratch space (DuckDB spill files, COPY streams, the unit
+                                         documents of an incremental transform)
 
 Snapshots are append-only. A `full` snapshot holds a whole collection; a `delta` holds the
 documents changed since the previous watermark and the tombstones of deleted ones; a `compacted`
