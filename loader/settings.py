@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     extract_ranges: int = Field(1, alias="EXTRACT_RANGES", gt=0)
     # Tables transformed at the same time (each once the tables it references are done).
     transform_workers: int = Field(2, alias="TRANSFORM_WORKERS", gt=0)
+    # Tables created and loaded at the same time by a load (each once the tables it references
+    # are done); a table that exists already is written alone.
+    load_workers: int = Field(2, alias="LOAD_WORKERS", gt=0)
     # DuckDB's memory (extract, transform, load); beyond it, DuckDB spills to staging/tmp.
     duckdb_memory_limit: str = Field("1GB", alias="DUCKDB_MEMORY_LIMIT")
     # Seconds to wait for a server before giving up with a one-line error.

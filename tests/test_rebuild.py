@@ -62,3 +62,33 @@ def test_truncate_needs_force_reimport(target, tmp_path):
     result = run_loader("load", "--staging", str(tmp_path), "--truncate", env=target)
     assert result.returncode == 1
     assert "--truncate only applies together with --force-reimport" in result.stderr
+
+
+def _catalog(env: dict[str, str], table: str) -> list[tuple]:
+    """The constraints and indexes PostgreSQL holds for a table, by name and definition."""
+    with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],
+                         user=env["POSTGRES_USER"]) as conn:
+        return conn.execute(
+            """SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint WHERE conrelid = %(t)s::regclass
+               UNION ALL SELECT indexname, indexdef, true FROM pg_indexes WHERE tablename = %(t)s::text ORDER BY 1""",
+            {"t": table}).fetchall()
+
+
+def test_a_table_dropped_in_postgresql_is_created_and_loaded_again(source, target, tmp_path):
+    """The sync state still names what the dropped table held: the next load creates the table and
+    loads it in full, with the same keys, indexes and foreign keys."""
+    env = {**source, **target}
+    staging = str(tmp_path / "staging")
+    assert run_loader("run", "--staging", staging, "--no-progress", env=env).returncode == 0
+    rows = sorted(fetch_rows(env, "users_contents_reads"), key=lambda r: (r["content_id"], r["user_id"]))
+    catalog = _catalog(env, "users_contents_reads")
+    assert rows and any("FOREIGN KEY" in definition for _, definition, _ in catalog)
+    _execute(env, "DROP TABLE users_contents_reads")
+
+    plan = run_loader("plan", "--staging", staging, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert any("users_contents_reads" in line and "full" in line for line in plan.stdout.splitlines()), plan.stdout
+    result = run_loader("load", "--staging", staging, "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(fetch_rows(env, "users_contents_reads"), key=lambda r: (r["content_id"], r["user_id"])) == rows
+    assert _catalog(env, "users_contents_reads") == catalog

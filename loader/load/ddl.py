@@ -20,28 +20,30 @@ ISSUE_COLUMNS = ("table", "source_collection", "source_id", "kind", "reason", "c
 
 
 def create_table_sql(table: Table, schema: str) -> sql.Composed:
-    definitions: list[sql.Composable] = []
-    for column in table.columns:
-        parts = [sql.Identifier(column.name), sql.SQL(column.sql_type)]
-        if column.primary_key:
-            parts.append(sql.SQL("PRIMARY KEY"))
-        elif not column.nullable:
-            parts.append(sql.SQL("NOT NULL"))
-        definitions.append(sql.SQL(" ").join(parts))
-    for column in table.foreign_keys:
-        definitions.append(
-            sql.SQL("FOREIGN KEY ({}) REFERENCES {}.{} ({})").format(
-                sql.Identifier(column.name),
-                sql.Identifier(schema),
-                sql.Identifier(column.foreign_key.table),
-                sql.Identifier(column.foreign_key.column),
-            )
-        )
-    for constraint in table.unique_constraints:
-        definitions.append(sql.SQL("UNIQUE ({})").format(sql.SQL(", ").join(map(sql.Identifier, constraint))))
+    """The table with its columns and NOT NULLs; its keys come from key_statements."""
+    definitions = [sql.SQL(" ").join([sql.Identifier(c.name), sql.SQL(c.sql_type)] + ([] if c.nullable else [sql.SQL("NOT NULL")]))
+                   for c in table.columns]
     return sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} (\n    {}\n)").format(
         sql.Identifier(schema), sql.Identifier(table.name), sql.SQL(",\n    ").join(definitions)
     )
+
+
+def key_statements(table: Table, schema: str) -> list[sql.Composed]:
+    """A table's primary key, unique constraints, indexes, then foreign keys (PostgreSQL's default
+    names, as inline constraints get). A table loaded while it is created gets them after its
+    rows. The foreign keys go in the order of the tables they reference: adding one locks that
+    table until commit, and two loads taking such locks in one order cannot wait for each other."""
+    target = qualified(schema, table.name)
+    statements = [sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(c.name))
+                  for c in table.columns if c.primary_key]
+    statements += [sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(target, sql.SQL(", ").join(map(sql.Identifier, constraint)))
+                   for constraint in table.unique_constraints]
+    statements += [sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+        sql.Identifier(f"{table.name}_{column}_idx"), target, sql.Identifier(column)) for column in index_columns(table)]
+    statements += [sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) REFERENCES {} ({})").format(
+        target, sql.Identifier(c.name), qualified(schema, c.foreign_key.table), sql.Identifier(c.foreign_key.column))
+        for c in sorted(table.foreign_keys, key=lambda c: (c.foreign_key.table, c.name))]
+    return statements
 
 
 def index_columns(table: Table) -> list[str]:
@@ -52,15 +54,9 @@ def index_columns(table: Table) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c is not None and c not in leading]
 
 
-def create_index_sql(table: Table, column: str, schema: str) -> sql.Composed:
-    return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})").format(
-        sql.Identifier(f"{table.name}_{column}_idx"), sql.Identifier(schema), sql.Identifier(table.name), sql.Identifier(column)
-    )
-
-
 def table_statements(table: Table, schema: str) -> list[sql.Composed]:
-    """What creates a table: the table, then its indexes."""
-    return [create_table_sql(table, schema), *(create_index_sql(table, column, schema) for column in index_columns(table))]
+    """What creates a table: the table, then its keys and indexes."""
+    return [create_table_sql(table, schema), *key_statements(table, schema)]
 
 
 def sync_state_table_sql(schema: str) -> sql.Composed:
@@ -96,16 +92,20 @@ def existing_tables(conn: psycopg.Connection, schema: str) -> set[str]:
     return {name for (name,) in rows}
 
 
-def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str) -> list[str]:
-    """Create the schema and every missing table, parents first, in one transaction."""
+def prepare_schema(conn: psycopg.Connection, schema: str) -> set[str]:
+    """Create the schema and the loader's own tables; returns the tables present."""
     with conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        present = existing_tables(conn, schema)
-        created = [t.name for t in config.ordered() if t.name not in present]
         conn.execute(sync_state_table_sql(schema))
         conn.execute(rejects_table_sql(schema))
+        return existing_tables(conn, schema)
+
+
+def create_missing_tables(conn: psycopg.Connection, config: Config, schema: str) -> None:
+    """Create every missing table (empty, with its keys), parents first, in one transaction."""
+    with conn.transaction():
+        present = existing_tables(conn, schema)
         for table in config.ordered():
-            if table.name in created:
+            if table.name not in present:
                 for statement in table_statements(table, schema):
                     conn.execute(statement)
-    return created

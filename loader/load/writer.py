@@ -23,18 +23,22 @@ tables already committed stay committed, and the next run starts from what they 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 from psycopg import sql
 
 from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier, sql_literal
 from loader.load.schema import drift as schema_drift
-from loader.load.ddl import ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, has_rows, qualified as _qualified
+from loader.load.ddl import (ISSUE_COLUMNS, REJECTS, SYNC_STATE, create_missing_tables, create_table_sql, existing_tables, has_rows,
+                             key_statements, prepare_schema, qualified as _qualified)
+from loader.parallel import in_dependency_order
 from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import Staging, file_hash
@@ -83,26 +87,65 @@ def load(
     truncate: frozenset[str] = frozenset(),
 ) -> list[LoadResult]:
     """Write the staged tables; those in `force` (or with force_reimport) in full, those in
-    `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE."""
+    `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE.
+    A missing table is created in the transaction that fills it, several at a time
+    (LOAD_WORKERS); a table that exists is written alone."""
     hook = on_progress or ProgressHook()
     for table in tables:
         if not staging.table_file(table.name).exists():
             raise DestinationError(f"table '{table.name}' has not been transformed yet: run `loader transform` first")
     with connect(settings) as conn:
         refuse_drift(conn, config, settings.postgres_schema, tables)
-        create_missing_tables(conn, config, settings.postgres_schema)
-        writer = _Writer(conn, duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit), config, staging, settings.postgres_schema, hook)
-        results = []
-        for unit in _write_units(tables):
-            forced = {t.name for t in unit if t.is_forced(force)}
-            truncated = {t.name for t in unit if t.name in forced and (t.name in truncate or t.truncate_before_import)}
-            try:
-                results.extend(writer.write(unit, forced, truncated))
-            except psycopg.Error as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                names = " and ".join(f"'{t.name}'" for t in unit)
-                raise DestinationError(f"table {names} was not written (rolled back): {message}") from None
-        return results
+        new = {t.name for t in tables} - prepare_schema(conn, settings.postgres_schema)
+        with _Writers(settings, config, staging, hook) as writers:
+
+            def write(unit: list[Table]) -> list[LoadResult]:
+                forced = {t.name for t in unit if t.is_forced(force) or t.name in new}
+                truncated = {t.name for t in unit if t.is_forced(force) and (t.name in truncate or t.truncate_before_import)} - new
+                try:
+                    return writers.mine().write(unit, forced, truncated, new)
+                except psycopg.Error as exc:
+                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    names = " and ".join(f"'{t.name}'" for t in unit)
+                    raise DestinationError(f"table {names} was not written (rolled back): {message}") from None
+
+            def alone(unit: list[Table]) -> bool:
+                return any(t.name not in new for t in unit)
+
+            # New tables by their rows, so that the longest chain starts first; the others in load order.
+            written = in_dependency_order(
+                _write_units(tables), settings.load_workers, write, thread_name="load",
+                names=lambda unit: {t.name for t in unit}, needs=lambda unit: {p for t in unit for p in t.parents}, alone=alone,
+                weight=lambda unit: 0 if alone(unit) else sum(pq.read_metadata(staging.table_file(t.name)).num_rows for t in unit))
+        create_missing_tables(conn, config, settings.postgres_schema)  # those this load does not write
+        return [result for results in written for result in results]
+
+
+class _Writers:
+    """One writer per load thread, with its own PostgreSQL connection and DuckDB cursor."""
+
+    def __init__(self, settings: Settings, config: Config, staging: Staging, hook: ProgressHook):
+        self.settings, self.config, self.staging, self.hook = settings, config, staging, hook
+        self.duck = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
+        self.local = threading.local()
+        self.opened: list[_Writer] = []
+        self.lock = threading.Lock()
+
+    def mine(self) -> _Writer:
+        if not hasattr(self.local, "writer"):
+            self.local.writer = _Writer(connect(self.settings), duck.cursor(self.duck), self.config, self.staging,
+                                        self.settings.postgres_schema, self.hook)
+            with self.lock:
+                self.opened.append(self.local.writer)
+        return self.local.writer
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for writer in self.opened:
+            writer.conn.close()
+        self.duck.close()
 
 
 def refuse_drift(conn: psycopg.Connection, config: Config, schema: str, tables: list[Table]) -> None:
@@ -119,9 +162,9 @@ def plan(settings: Settings, staging: Staging, tables: list[Table], force: froze
     """What the next load would do per table (read-only)."""
     with connect(settings) as conn:
         loaded = _sync_states(conn, settings.postgres_schema)
-    return {
-        t.name: _mode(staging, t.name, staging.table_state(t.name), loaded.get(t.name), forced=t.is_forced(force)) for t in tables
-    }
+        present = existing_tables(conn, settings.postgres_schema)
+    return {t.name: _mode(staging, t.name, staging.table_state(t.name), loaded.get(t.name),
+                          forced=t.is_forced(force) or t.name not in present) for t in tables}
 
 
 def _mode(staging: Staging, table: str, state: str | None, loaded: str | None, forced: bool) -> str:
@@ -158,8 +201,9 @@ class _Writer:
     def __init__(self, conn: psycopg.Connection, con, config: Config, staging: Staging, schema: str, hook: ProgressHook):
         self.conn, self.con, self.config, self.staging, self.schema, self.hook = conn, con, config, staging, schema, hook
 
-    def write(self, unit: list[Table], forced: set[str], truncated: set[str]) -> list[LoadResult]:
-        """One transaction: upserts parents first, deletes children first, then the sync states."""
+    def write(self, unit: list[Table], forced: set[str], truncated: set[str], new: set[str]) -> list[LoadResult]:
+        """One transaction: upserts parents first, deletes children first, then the sync states.
+        A table in `new` (missing) is created and filled before its keys are added."""
         results, states = [], {}
         with self.conn.transaction():
             loaded = _sync_states(self.conn, self.schema)
@@ -175,8 +219,12 @@ class _Writer:
                 state = self.staging.table_state(table.name)
                 mode = TRUNCATED if table.name in truncated else _mode(self.staging, table.name, state, loaded.get(table.name), table.name in forced)
                 result = LoadResult(table.name, mode, rows=self._count(self._staged(table)), note=notes.get(table.name, ""))
-                if mode in (FULL, TRUNCATED) and self._is_empty(table):
-                    result.inserted = self._bulk_load(table)
+                if table.name in new:
+                    self.conn.execute(create_table_sql(table, self.schema))
+                    result.inserted = self._bulk_load(table, key_statements(table, self.schema))
+                    states[table.name] = state
+                elif mode in (FULL, TRUNCATED) and self._is_empty(table):
+                    result.inserted = self._bulk_load(table, self._detach_constraints(_qualified(self.schema, table.name)))
                     states[table.name] = state
                 elif mode != UNCHANGED:
                     baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None
@@ -215,15 +263,14 @@ class _Writer:
     def _is_empty(self, table: Table) -> bool:
         return not self._any(_qualified(self.schema, table.name))
 
-    def _bulk_load(self, table: Table) -> int:
-        """Fill an empty table: COPY straight into it (new UPSERT-KEY keys in key order) with its
-        keys, indexes and foreign keys (its own and those referencing it) detached, then
-        attached again: PostgreSQL builds each index once, sorted, and checks each foreign key in
-        one join instead of once per row (the transform has checked them already); twice as fast
-        as maintaining them row by row. A table with a reference to a generated key goes through
-        `_incoming_<table>` to resolve it. Returns the rows written."""
+    def _bulk_load(self, table: Table, attach: list[sql.Composed]) -> int:
+        """Fill an empty table without keys, indexes and foreign keys (a new table, or one whose
+        own and referencing ones are detached): COPY straight into it (new UPSERT-KEY keys in key
+        order), then execute `attach`: PostgreSQL builds each index once, sorted, and checks each
+        foreign key in one join instead of once per row (the transform has checked them already);
+        twice as fast as maintaining them row by row. A table with a reference to a generated key
+        goes through `_incoming_<table>` to resolve it. Returns the rows written."""
         target = _qualified(self.schema, table.name)
-        attach = self._detach_constraints(target)
         order = f" ORDER BY {', '.join(map(sql_identifier, table.natural_key))}" if table.strategy.kind == UPSERT_KEY else ""
         if any(c.resolved_at_load for c in table.columns):
             self._stage_incoming(table, None)

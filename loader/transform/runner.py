@@ -23,7 +23,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -32,6 +31,7 @@ from loader import duck
 from loader.config import Column, Config, Table
 from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
+from loader.parallel import in_dependency_order
 from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
 from loader.staging import DOCUMENT_COLUMNS, Staging, utc_now, write_document_part
@@ -111,28 +111,15 @@ class _Run:
     def groups(self, groups: list[list[Table]], workers: int) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
         references are done; the results in load order."""
-        futures: list[Future] = []
-        done_by: dict[str, Future] = {}  # table -> the future of its group
-        alone: set[Future] = set()  # a group that runs by itself, once submitted
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transform") as pool:
-            for group in groups:
-                names = {t.name for t in group}
-                parents = {done_by[p] for t in group for p in t.parents - names if p in done_by} | alone
-                full = any(self.full_reason(t) for t in group)
-                # A shared pass derived in full (the moments: every logbook question of the source,
-                # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
-                by_itself = bool(group[0].strategy.prepare) and full
-                # A group waits only for groups submitted before it, already taken by a worker
-                # (first in, first out): the waits cannot block every worker.
-                futures.append(pool.submit(self._group_after, set(futures) if by_itself else parents, group, full))
-                done_by |= dict.fromkeys(names, futures[-1])
-                alone = {futures[-1]} if by_itself else alone
-        return [result for future in futures for result in future.result()]
-
-    def _group_after(self, parents: set[Future], tables: list[Table], full: bool) -> list[TableResult]:
-        for parent in parents:
-            parent.result()  # a parent that failed fails its children too
-        return self.group(tables, full)
+        decided = [(group, any(self.full_reason(t) for t in group)) for group in groups]
+        results = in_dependency_order(
+            decided, workers, lambda unit: self.group(*unit), thread_name="transform",
+            names=lambda unit: {t.name for t in unit[0]},
+            needs=lambda unit: {p for t in unit[0] for p in t.parents},
+            # A shared pass derived in full (the moments: every logbook question of the source,
+            # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
+            alone=lambda unit: bool(unit[0][0].strategy.prepare) and unit[1])
+        return [result for group in results for result in group]
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
