@@ -81,7 +81,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateOne
 from rich.console import Console
 from rich.table import Table
 
@@ -267,7 +267,9 @@ def run_child(mode: str, settings_file: Path, args: argparse.Namespace) -> Child
     process.stdout.close()
     if process.returncode != 0:
         raise SystemExit(f"bench child '{mode}' failed with exit code {process.returncode}")
-    return ChildResult(json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 1024)
+    result = ChildResult(json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 1024)
+    print(f"bench child '{mode}': {result.figures}, peak {result.peak_mb:,.0f} MB", file=sys.stderr, flush=True)
+    return result
 
 
 # ---------------------------------------------------------------------- MongoDB side
@@ -295,7 +297,8 @@ def change_documents(db, fraction: float, seed: int) -> int:
         picked.setdefault(name, []).append(_id)
     for name, ids in picked.items():
         moment = latest.get(name, max(latest.values())) + timedelta(minutes=1)
-        db[name].update_many({"_id": {"$in": ids}}, {"$set": {"update_date": moment, "bench_marker": 1}})
+        # One update per _id: SecantusDB matches `$in` by scanning the collection against the list.
+        db[name].bulk_write([UpdateOne({"_id": _id}, {"$set": {"update_date": moment, "bench_marker": 1}}) for _id in ids])
     return sum(map(len, picked.values()))
 
 

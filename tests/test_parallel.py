@@ -1,0 +1,93 @@
+"""loader/parallel.py: units run parents first, `workers` at a time, the heaviest chain first,
+`alone` units by themselves, nothing started after a failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from loader.parallel import in_dependency_order
+
+# name -> (parents, weight); listed parents first, as the load order lists tables.
+UNITS = {
+    "a": (set(), 0), "b": (set(), 0), "light": ({"a"}, 1), "heavy": ({"b"}, 5), "heavy_child": ({"heavy"}, 5),
+    "both": ({"light", "heavy"}, 1),
+}
+
+
+class Recorder:
+    def __init__(self, fail: frozenset[str] = frozenset()):
+        self.lock = threading.Lock()
+        self.events: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def __call__(self, name: str) -> str:
+        with self.lock:
+            self.events.append(("start", name))
+        time.sleep(0.05)
+        with self.lock:
+            self.events.append(("end", name))
+        if name in self.fail:
+            raise ValueError(f"{name} failed")
+        return name.upper()
+
+    def started(self) -> list[str]:
+        return [name for kind, name in self.events if kind == "start"]
+
+    def most_at_once(self) -> int:
+        running, most = 0, 0
+        for kind, _ in self.events:
+            running += 1 if kind == "start" else -1
+            most = max(most, running)
+        return most
+
+    def overlapping(self, name: str) -> set[str]:
+        """Units running while `name` ran."""
+        start, end = self.events.index(("start", name)), self.events.index(("end", name))
+        running = {n for kind, n in self.events[:start] if kind == "start"} - {n for kind, n in self.events[:start] if kind == "end"}
+        return running | {n for kind, n in self.events[start + 1:end] if kind == "start"}
+
+
+def run(recorder: Recorder, workers: int = 2, alone: set[str] = frozenset(), weighted: bool = True) -> list[str]:
+    return in_dependency_order(
+        list(UNITS), workers, recorder, thread_name="test", names=lambda u: {u}, needs=lambda u: UNITS[u][0],
+        alone=lambda u: u in alone, weight=(lambda u: UNITS[u][1]) if weighted else (lambda u: 0.0))
+
+
+def test_results_in_unit_order_and_parents_done_before_children():
+    recorder = Recorder()
+    assert run(recorder) == [u.upper() for u in UNITS]
+    for unit, (parents, _) in UNITS.items():
+        for parent in parents:
+            assert recorder.events.index(("end", parent)) < recorder.events.index(("start", unit))
+
+
+def test_the_heaviest_chain_starts_first_and_list_order_breaks_ties():
+    recorder = Recorder()
+    run(recorder, workers=1)
+    assert recorder.started() == ["b", "heavy", "heavy_child", "a", "light", "both"]
+    unweighted = Recorder()
+    run(unweighted, workers=1, weighted=False)
+    assert unweighted.started() == ["a", "b", "light", "heavy", "heavy_child", "both"]
+
+
+def test_workers_run_at_the_same_time_and_alone_units_by_themselves():
+    recorder = Recorder()
+    run(recorder, workers=2)
+    assert recorder.most_at_once() == 2
+    lonely = Recorder()
+    run(lonely, workers=2, alone={"light"})
+    assert lonely.overlapping("light") == set()
+
+
+def test_nothing_starts_after_a_failure_and_the_first_failure_is_raised():
+    recorder = Recorder(fail={"b"})
+    with pytest.raises(ValueError, match="b failed"):
+        run(recorder, workers=1)
+    assert recorder.started() == ["b"]
+    both = Recorder(fail={"a", "b"})  # started together, b first
+    with pytest.raises(ValueError, match="a failed"):
+        run(both, workers=2)
+    assert sorted(both.started()) == ["a", "b"]
