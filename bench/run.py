@@ -23,7 +23,11 @@ The figures:
                                      after the full run) exported to CSV (not timed), then timed:
                                      `COPY ... FROM STDIN (FORMAT csv)` into empty tables with the
                                      same columns, types and NOT NULLs, without keys or indexes,
-                                     one transaction per table. Target: load <= 1.5 x floor.
+                                     one transaction per table, one connection. The loader's
+                                     first load creates the tables in its transactions and writes
+                                     LOAD_WORKERS (2) of them at a time, each on its own
+                                     connection, and adds their keys, indexes and foreign keys;
+                                     the floor does neither. Target: load <= 1.5 x floor.
   row-by-row baseline                the tool users run today, in three parts. (1) Its reads: the
                                      raw cursor above. (2) Its extra reads for the moments and
                                      details tables (MAPPING 4.2), in a child process: its candidate

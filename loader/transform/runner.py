@@ -118,9 +118,7 @@ class _Run:
             needs=lambda unit: {p for t in unit[0] for p in t.parents},
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
-            alone=lambda unit: bool(unit[0][0].strategy.prepare) and unit[1],
-            # The previous transform's seconds: its longest chain starts first.
-            weight=lambda unit: sum(self.state.get(t.name, {}).get("seconds", 0.0) for t in unit[0]))
+            alone=lambda unit: bool(unit[0][0].strategy.prepare) and unit[1])
         return [result for group in results for result in group]
 
     # ------------------------------------------------------------ mode
