@@ -4,10 +4,12 @@ staged snapshots, without MongoDB."""
 from __future__ import annotations
 
 import json
+import signal
 
 import psycopg
 
-from conftest import fetch_rows, run_loader
+from conftest import connect, fetch_rows, run_loader, start_loader
+from test_incremental import BACKEND_EXIT_TIMEOUT, wait_until_gone, waiting_backend
 
 NO_MONGODB = {"MONGODB_URL": "mongodb://127.0.0.1:9", "CONNECT_TIMEOUT": "1"}
 
@@ -92,3 +94,36 @@ def test_a_table_dropped_in_postgresql_is_created_and_loaded_again(source, targe
     assert result.returncode == 0, result.stderr
     assert sorted(fetch_rows(env, "users_contents_reads"), key=lambda r: (r["content_id"], r["user_id"])) == rows
     assert _catalog(env, "users_contents_reads") == catalog
+
+
+def test_a_first_load_killed_in_a_new_table_leaves_no_half_made_table(source, target, tmp_path):
+    """A missing table is created in the transaction that fills it: killed while it waits to add
+    its foreign key to `contents` (locked by the test), the load leaves no users_contents_reads
+    behind, the tables committed meanwhile stay, and the next load creates and fills it."""
+    env = {**source, **target}
+    staging = str(tmp_path / "staging")
+    assert run_loader("run", "--staging", staging, "--no-progress", env=env).returncode == 0
+    rows = sorted(fetch_rows(env, "users_contents_reads"), key=lambda r: (r["content_id"], r["user_id"]))
+    _execute(env, "DROP TABLE users_contents_reads")
+
+    log = tmp_path / "killed-load.log"
+    with connect(env) as locker, connect(env, autocommit=True) as monitor:
+        locker.execute("LOCK TABLE contents IN ACCESS EXCLUSIVE MODE")
+        loader = start_loader("load", "--staging", staging, "--no-progress", env=env, output=log)
+        try:
+            pid, _, relation = waiting_backend(monitor, loader, [locker.info.backend_pid, monitor.info.backend_pid], log)
+            waiting = monitor.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()[0]
+        finally:
+            loader.send_signal(signal.SIGKILL)
+            loader.wait(timeout=30)
+        # Blocked after the COPY, adding the new table's foreign key (not earlier, e.g. reading contents).
+        assert relation == "contents" and waiting.startswith('ALTER TABLE "public"."users_contents_reads" ADD FOREIGN KEY'), waiting
+        locker.rollback()
+        if not wait_until_gone(monitor, pid, BACKEND_EXIT_TIMEOUT):
+            monitor.execute("SELECT pg_terminate_backend(%s)", [pid])
+            assert wait_until_gone(monitor, pid, BACKEND_EXIT_TIMEOUT)
+        assert monitor.execute("SELECT to_regclass('users_contents_reads')").fetchone()[0] is None
+
+    result = run_loader("load", "--staging", staging, "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(fetch_rows(env, "users_contents_reads"), key=lambda r: (r["content_id"], r["user_id"])) == rows

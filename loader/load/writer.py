@@ -1,4 +1,5 @@
-"""Load stage: staged table files -> PostgreSQL, one transaction per table, parents first.
+"""Load stage: staged table files -> PostgreSQL, one transaction per table, parents first: the
+tables that exist one at a time, the missing ones created and filled LOAD_WORKERS at a time.
 
 PostgreSQL is made to hold exactly the rows of staging/tables/<table>.parquet. Each table's
 `loader_sync_state` row names the staged state it holds (a hash of the file), and
