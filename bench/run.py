@@ -54,7 +54,11 @@ The figures:
                                      server, alone: `estimated_document_count` of every
                                      collection, in a child process (mongod answers from
                                      metadata; SecantusDB scans the collection for it).
-  peak memory                        the largest ru_maxrss of the loader's child runs (os.wait4).
+  peak memory                        the largest peak resident memory of the loader's child runs
+                                     (VmHWM of /proc/self/status, read by the child at its end;
+                                     not the ru_maxrss of wait4, which also counts the parent's
+                                     pages a child holds between fork and exec: this process holds
+                                     the MongoDB server's data).
                                      Target: < 2 GB at 5M documents.
 
 The machine is shared and noisy: compare ratios measured in one run rather than seconds across
@@ -250,7 +254,14 @@ CHILD_RUNS = {"loader": loader_run, "raw": raw_cursor_run, "quizzes": quiz_reads
 
 
 def child_main(args: argparse.Namespace) -> None:
-    print(json.dumps(CHILD_RUNS[args.child](*build(json.loads(args.settings.read_text())), args)))
+    figures = CHILD_RUNS[args.child](*build(json.loads(args.settings.read_text())), args)
+    print(json.dumps({**figures, "peak_mb": own_peak_mb()}))
+
+
+def own_peak_mb() -> float:
+    """This process's peak resident memory since it started (VmHWM, in kB)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 @dataclass
@@ -260,18 +271,18 @@ class ChildResult:
 
 
 def run_child(mode: str, settings_file: Path, args: argparse.Namespace) -> ChildResult:
-    """`bench/run.py --child MODE`; its JSON line, and its own peak memory (ru_maxrss from wait4)."""
+    """`bench/run.py --child MODE`; its JSON line, with its own peak memory."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--child", mode, "--settings", str(settings_file), "--seed", str(args.seed),
          "--quizzes", str(args.quizzes)], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    process.wait()
     process.stdout.close()
     if process.returncode != 0:
         raise SystemExit(f"bench child '{mode}' failed with exit code {process.returncode}")
-    result = ChildResult(json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 1024)
+    figures = json.loads(output.strip().splitlines()[-1])
+    result = ChildResult(figures, figures.pop("peak_mb"))
     print(f"bench child '{mode}': {result.figures}, peak {result.peak_mb:,.0f} MB", file=sys.stderr, flush=True)
     return result
 
