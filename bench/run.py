@@ -73,6 +73,7 @@ import math
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -604,6 +605,8 @@ def main() -> None:
         child_main(args)
         return
     clock = time.perf_counter()
+    # Stopped by a signal, the servers and the scratch folder still go (pg_ctl daemonises PostgreSQL).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"bench stopped by signal {signal.SIGTERM}"))
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as workdir:
         figures = measure(args, Path(workdir))
     console = Console(width=None if sys.stdout.isatty() else 160)
