@@ -30,8 +30,8 @@ def in_dependency_order(units: list[Unit], workers: int, run: Callable[[Unit], R
     futures: dict[int, Future] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name) as pool:
         while running or (waiting and not failures):
-            ready = sorted((i for i in waiting if parents[i] <= done), key=lambda i: (-chain[i], i))
-            for i in ready if not failures else []:
+            ready = [] if failures else sorted((i for i in waiting if parents[i] <= done), key=lambda i: (-chain[i], i))
+            for i in ready:
                 if len(running) == workers or (running and (alone(units[i]) or alone(units[next(iter(running.values()))]))):
                     break
                 waiting.discard(i)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 
-import psycopg
-
 from conftest import connect, fetch_rows, run_loader, start_loader
 from test_incremental import BACKEND_EXIT_TIMEOUT, wait_until_gone, waiting_backend
 
@@ -15,8 +13,7 @@ NO_MONGODB = {"MONGODB_URL": "mongodb://127.0.0.1:9", "CONNECT_TIMEOUT": "1"}
 
 
 def _execute(env: dict[str, str], statement: str) -> None:
-    with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],
-                         user=env["POSTGRES_USER"], autocommit=True) as conn:
+    with connect(env, autocommit=True) as conn:
         conn.execute(statement)
 
 
@@ -68,8 +65,7 @@ def test_truncate_needs_force_reimport(target, tmp_path):
 
 def _catalog(env: dict[str, str], table: str) -> list[tuple]:
     """The constraints and indexes PostgreSQL holds for a table, by name and definition."""
-    with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DATABASE"],
-                         user=env["POSTGRES_USER"]) as conn:
+    with connect(env) as conn:
         return conn.execute(
             """SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint WHERE conrelid = %(t)s::regclass
                UNION ALL SELECT indexname, indexdef, true FROM pg_indexes WHERE tablename = %(t)s::text ORDER BY 1""",

@@ -117,7 +117,7 @@ def load(
             written = in_dependency_order(
                 _write_units(tables), settings.load_workers, write, thread_name="load",
                 names=lambda unit: {t.name for t in unit}, needs=lambda unit: {p for t in unit for p in t.parents}, alone=alone,
-                weight=lambda unit: 0 if alone(unit) else sum(pq.read_metadata(staging.table_file(t.name)).num_rows for t in unit))
+                weight=lambda unit: 0 if alone(unit) else sum(_staged_rows(staging, t) for t in unit))
         create_missing_tables(conn, config, settings.postgres_schema)  # those this load does not write
         return [result for results in written for result in results]
 
@@ -219,7 +219,7 @@ class _Writer:
                 clock = time.perf_counter()
                 state = self.staging.table_state(table.name)
                 mode = TRUNCATED if table.name in truncated else _mode(self.staging, table.name, state, loaded.get(table.name), table.name in forced)
-                result = LoadResult(table.name, mode, rows=self._count(self._staged(table)), note=notes.get(table.name, ""))
+                result = LoadResult(table.name, mode, rows=_staged_rows(self.staging, table), note=notes.get(table.name, ""))
                 if table.name in new:
                     self.conn.execute(create_table_sql(table, self.schema))
                     result.inserted = self._bulk_load(table, key_statements(table, self.schema))
@@ -435,11 +435,13 @@ class _Writer:
             if old.stem != state:
                 old.unlink(missing_ok=True)
 
-    def _count(self, relation: str) -> int:
-        return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
-
     def _any(self, relation: sql.Composable) -> bool:
         return has_rows(self.conn, relation)
+
+
+def _staged_rows(staging: Staging, table: Table) -> int:
+    """The rows of staging/tables/<table>.parquet (from its footer)."""
+    return pq.read_metadata(staging.table_file(table.name)).num_rows
 
 
 def _removed(table: Table) -> sql.Identifier:
