@@ -11,10 +11,12 @@ temporary staging folder.
 
 The figures:
 
-  extract / transform / load, full   the loader's first run (`pipeline.extract`, `transform`,
-                                     `load`), each stage timed, in a child process: its peak memory
-                                     is its own and it does not share a GIL with the MongoDB server
-                                     threads of this process.
+  extract / transform / load, full   the loader's first run (`pipeline.run`, as `loader run`), in
+                                     a child process: its peak memory is its own and it does not
+                                     share a GIL with the MongoDB server threads of this process.
+                                     The transform runs alongside the extract (a table once its
+                                     collections are staged): its figure is the time it takes after
+                                     the extract has ended; the load starts after the transform.
   raw cursor                         the limit of the extract: a child process reads every
                                      collection the loader reads with pymongo, `find({})` as
                                      RawBSONDocument, the loader's batch size, counting documents
@@ -124,19 +126,11 @@ def build(overrides: dict[str, str | int]) -> tuple[Settings, Config]:
 
 
 def loader_run(settings: Settings, config: Config, args: argparse.Namespace) -> dict[str, float]:
-    """One loader run (extract, transform, load), seconds per stage."""
-    tables = config.ordered()
-    times = {}
-    for stage, call in (
-        ("extract", lambda: pipeline.extract(settings, config, tables, progress=False, summary=False)),
-        ("transform", lambda: pipeline.transform(settings, config, tables, summary=False)),
-        ("load", lambda: pipeline.load(settings, config, tables, progress=False, summary=False)),
-    ):
-        clock = time.perf_counter()
-        call()
-        times[stage] = time.perf_counter() - clock
-    times["total"] = sum(times.values())
-    return times
+    """One loader run (`pipeline.run`: the transform alongside the extract), in seconds: the
+    extract, the transform after the extract ended, the load, and their total."""
+    ended = pipeline.run(settings, config, config.ordered(), progress=False, summary=False).seconds
+    return {"extract": ended["extract"], "transform": ended["transform"] - ended["extract"],
+            "load": ended["load"] - ended["transform"], "total": ended["total"]}
 
 
 def loader_collections(db, config: Config) -> list[str]:
@@ -560,8 +554,8 @@ def main_table(f: Figures) -> Table:
     table.add_row(f"extract, full ({f.documents:,} docs)", f"{full['extract']:.2f}", rate(f.documents, full["extract"], "docs"),
                   f"raw cursor {f.raw['seconds']:.2f}", f"extract/raw {extract_ratio:.2f}", f"<= {TARGETS['extract']}",
                   met(extract_ratio <= TARGETS["extract"]))
-    table.add_row(f"transform, full ({f.rows:,} rows produced)", f"{full['transform']:.2f}", rate(f.rows, full["transform"], "rows"),
-                  "", "", "", "")
+    table.add_row(f"transform, full ({f.rows:,} rows produced), after the extract (it runs alongside)", f"{full['transform']:.2f}",
+                  "", "", "", "", "")
     table.add_row(f"load, full ({f.rows:,} rows)", f"{full['load']:.2f}", rate(f.rows, full["load"], "rows"),
                   f"COPY floor {f.floor:.2f}", f"load/floor {load_ratio:.2f}", f"<= {TARGETS['load']}", met(load_ratio <= TARGETS["load"]))
     table.add_row("full run (extract + transform + load)", f"{full['total']:.2f}", rate(f.documents, full["total"], "docs"),
@@ -583,7 +577,7 @@ def main_table(f: Figures) -> Table:
 
 
 def stage_table(f: Figures) -> Table:
-    table = Table(title="Stage seconds")
+    table = Table(title="Stage seconds (the transform: after the extract ended)")
     for name in ("run", *STAGES, "total"):
         table.add_column(name, justify="left" if name == "run" else "right")
     for name, times in (("full", f.full), ("incremental", f.incremental)):

@@ -7,6 +7,11 @@ and loaded in full. `truncate` names those emptied first (5.8, only together wit
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from loader import duck, report, tunnel, verify
@@ -32,25 +37,27 @@ def _full_extracts(config: Config, tables: list[Table], force: frozenset[str]) -
 
 
 def extract(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
-            force: frozenset[str] = NOTHING, dump: Path | None = None) -> list[Snapshot]:
-    """From MongoDB, or from the mongodump at `dump` (every collection whole)."""
+            force: frozenset[str] = NOTHING, dump: Path | None = None,
+            on_staged: mongo.StagedHook | None = None) -> list[Snapshot]:
+    """From MongoDB, or from the mongodump at `dump` (every collection whole); the collections in
+    the order the tables need them."""
     staging = Staging(settings.staging_dir)
     full = _full_extracts(config, tables, force)
     collections = list(config.collections(tables))
     with tunnel.opened(settings, mongodb=dump is None, postgres=False) as settings, report.progress_bars("docs") as bars:
         hook = report.Bars(bars) if progress else None
         if dump is None:
-            snapshots = mongo.extract(settings, staging, collections, hook, full=full)
+            snapshots = mongo.extract(settings, staging, collections, hook, full=full, on_staged=on_staged)
         else:
-            snapshots = mongodump.extract(settings, staging, collections, dump, hook)
+            snapshots = mongodump.extract(settings, staging, collections, dump, hook, on_staged=on_staged)
     if summary:
         report.console.print(report.extract_summary(snapshots))
     return snapshots
 
 
 def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True,
-              force: frozenset[str] = NOTHING) -> list[runner.TableResult]:
-    results = runner.transform(settings, config, Staging(settings.staging_dir), tables, force=force)
+              force: frozenset[str] = NOTHING, staged: Mapping[str, Future] | None = None) -> list[runner.TableResult]:
+    results = runner.transform(settings, config, Staging(settings.staging_dir), tables, force=force, staged=staged)
     if summary:
         report.console.print(report.transform_summary(results))
     return results
@@ -66,17 +73,62 @@ def load(settings: Settings, config: Config, tables: list[Table], progress: bool
     return results
 
 
+@dataclass
+class RunResult:
+    loads: list[writer.LoadResult]
+    seconds: dict[str, float]  # extract, transform, load: when each ended, from the start; total
+
+
 def run(settings: Settings, config: Config, tables: list[Table], progress: bool = True,
-        force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING, dump: Path | None = None) -> list[writer.LoadResult]:
+        force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING, dump: Path | None = None,
+        summary: bool = True) -> RunResult:
     """Extract (from MongoDB, or from the mongodump at `dump`), transform and load; the servers
-    used are checked first so that none fails late."""
+    used are checked first so that none fails late. The transform runs alongside the extract: a
+    table is derived once its collections are staged (and the tables it references derived)."""
     with tunnel.opened(settings, mongodb=dump is None) as settings:
         if dump is None:
             mongo.connect(settings).close()
         writer.connect(settings).close()
-        extract(settings, config, tables, progress=progress, summary=False, force=force, dump=dump)
-        transform(settings, config, tables, summary=False, force=force)
-        return load(settings, config, tables, progress=progress, force=force, truncate=truncate)
+        clock, ended = time.perf_counter(), {}
+        staged = {collection: Future() for collection in config.collections(tables)}
+
+        def extract_alongside() -> None:
+            extract(settings, config, tables, progress=progress, summary=False, force=force, dump=dump,
+                    on_staged=lambda collection: staged[collection].set_result(collection))
+            ended["extract"] = time.perf_counter() - clock
+
+        extracting = _in_background(extract_alongside, staged)
+        try:
+            transform(settings, config, tables, summary=False, force=force, staged=staged)
+        except Exception:
+            extracting.exception()  # the extract finishes what it stages (an extract error is the one raised)
+            raise
+        extracting.result()
+        ended["transform"] = time.perf_counter() - clock
+        loads = load(settings, config, tables, progress=progress, summary=summary, force=force, truncate=truncate)
+        ended["load"] = ended["total"] = time.perf_counter() - clock
+    if summary:
+        report.console.print(report.run_timing(ended))
+    return RunResult(loads, ended)
+
+
+def _in_background(work: Callable[[], None], staged: dict[str, Future]) -> Future:
+    """Run `work` in a daemon thread (Ctrl-C does not wait for it; an interrupted extract leaves
+    the staging as it was); if it fails, the collections it has not staged fail with its error."""
+    done: Future = Future()
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed over to the futures
+            for future in [*staged.values(), done]:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=target, name="extract", daemon=True).start()
+    return done
 
 
 def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:

@@ -112,6 +112,13 @@ def extract_summary(snapshots: list[Snapshot]) -> RichTable:
     return table
 
 
+def run_timing(ended: dict[str, float]) -> str:
+    """When each stage of `loader run` ended, counted from the start (the transform runs
+    alongside the extract)."""
+    return (f"Run: {ended['total']:.1f} s; from its start, the extract ended at {ended['extract']:.1f} s, "
+            f"the transform (alongside the extract) at {ended['transform']:.1f} s, the load at {ended['load']:.1f} s")
+
+
 def snapshots_listing(staging: Staging) -> RichTable:
     """Every snapshot of the staging area, oldest first, and the current view it makes."""
     table = new_table(f"Snapshots in {staging.root}", "collection", "snapshot", "kind", "documents", "deleted", "MB",

@@ -152,6 +152,34 @@ def test_run_from_a_dump_loads_what_a_run_from_the_server_loads(source, dumps, p
     assert not problems, "loaded from the dump (+) and from the server (-) differ:\n" + "\n".join(problems)
 
 
+def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_load(source, dumps, postgres, target, tmp_path):
+    """`loader run` transforms a table once its collections are staged, while the extract goes on:
+    a collection that fails late (days, the last extracted) ends the run with the extract's error,
+    after the tables transformed alongside, and before anything is loaded; the next run completes."""
+    broken = shutil.copytree(dumps["folder"], tmp_path / "dump")
+    days = broken / SOURCE_DATABASE / "days.bson"
+    intact = days.read_bytes()
+    days.write_bytes(intact[:-7])
+    run = Target({**DUMP_ENV, **target}, tmp_path / "staging")
+    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(broken), env=run.env)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and f"{days}: truncated or corrupt BSON" in result.stderr, result.stderr
+    transformed = Staging(run.staging).transform_state()
+    assert "users" in transformed and "days" not in transformed, sorted(transformed)
+    assert run.query("SELECT to_regclass('public.users') IS NULL, to_regclass('public.loader_sync_state') IS NULL") == [(True, True)]
+
+    days.write_bytes(intact)
+    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(broken), env=run.env)
+    assert result.returncode == 0, result.stderr
+    fresh = Target({**DUMP_ENV, **create_database(postgres)}, tmp_path / "fresh")
+    result = run_loader("run", "--staging", str(fresh.staging), "--no-progress", "--from-dump", str(broken), env=fresh.env)
+    assert result.returncode == 0, result.stderr
+    expected = table_contents(fresh)
+    assert sum(expected["days"].values()) > 0
+    problems = differences(table_contents(run), expected)
+    assert not problems, "the run after the failed one (+) and a first run (-) differ:\n" + "\n".join(problems)
+
+
 # --------------------------------------------------------------------------- failures
 
 # Each broken dump: (path, MONGODB_DATABASE, the message expected on stderr).

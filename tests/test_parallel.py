@@ -1,10 +1,12 @@
 """loader/parallel.py: units run parents first, `workers` at a time, the heaviest chain first,
-`alone` units by themselves, nothing started after a failure."""
+`alone` units by themselves, units needing a given future (a collection being extracted) after it,
+nothing started after a failure."""
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -91,3 +93,28 @@ def test_nothing_starts_after_a_failure_and_the_first_failure_is_raised():
     with pytest.raises(ValueError, match="a failed"):
         run(both, workers=2)
     assert sorted(both.started()) == ["a", "b"]
+
+
+def run_given(recorder: Recorder, given: dict[str, Future], workers: int = 2) -> list[str]:
+    """UNITS where `a` also needs the outside name "source" (a collection being extracted)."""
+    return in_dependency_order(
+        list(UNITS), workers, recorder, thread_name="test", names=lambda u: {u},
+        needs=lambda u: UNITS[u][0] | ({"source"} if u == "a" else set()), alone=lambda u: False, given=given)
+
+
+def test_a_unit_waits_for_the_given_futures_it_needs():
+    recorder, source = Recorder(), Future()
+    threading.Timer(0.3, source.set_result, ["staged"]).start()
+    assert run_given(recorder, {"source": source}) == [u.upper() for u in UNITS]
+    started = recorder.started()
+    # b's chain ran while the source was outstanding; a and its dependants only after it.
+    assert started[:3] == ["b", "heavy", "heavy_child"]
+    assert started.index("a") < started.index("light") < started.index("both")
+
+
+def test_a_failed_given_future_stops_new_units_and_its_error_is_raised():
+    recorder, source = Recorder(), Future()
+    threading.Timer(0.08, source.set_exception, [ConnectionError("extract failed")]).start()
+    with pytest.raises(ConnectionError, match="extract failed"):
+        run_given(recorder, {"source": source}, workers=1)
+    assert "a" not in recorder.started() and len(recorder.started()) < len(UNITS) - 1

@@ -63,12 +63,13 @@ class DumpFile(NamedTuple):
 
 
 def extract(settings: Settings, staging: Staging, collections: list[str], dump: Path,
-            on_progress: ProgressHook | None = None) -> list[Snapshot]:
+            on_progress: ProgressHook | None = None, on_staged: mongo.StagedHook | None = None) -> list[Snapshot]:
     """Stage each collection of the mongodump at `dump` as a full snapshot."""
     wanted = set(collections)
     with _collection_files_of(Path(dump), settings.mongodb_database, wanted, staging.tmp_dir) as files:
         sources = [DumpSource(name, files.get(name), settings.batch_size) for name in collections]
-        return mongo.stage_in_parallel(settings, staging, sources, full=wanted, ranges=1, on_progress=on_progress)
+        return mongo.stage_in_parallel(settings, staging, sources, full=wanted, ranges=1, on_progress=on_progress,
+                                       on_staged=on_staged)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -55,6 +55,7 @@ PARALLEL_MIN_DOCUMENTS = 50_000
 PREFETCH_BATCHES = 2
 # Parquet parts are written in the background while the next ones fill (DuckDB frees the GIL).
 _PART_WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parquet-part")
+StagedHook = Callable[[str], None]  # called with a collection's name once it is staged
 _REJECT_SCHEMA = pa.schema([("_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
@@ -97,6 +98,7 @@ def extract(
     collections: list[str],
     on_progress: ProgressHook | None = None,
     full: set[str] = frozenset(),
+    on_staged: StagedHook | None = None,
 ) -> list[Snapshot]:
     """Stage each collection: a delta snapshot of what changed since its watermark, or a full
     snapshot (first extract, staged with a projection, or named in `full`)."""
@@ -105,7 +107,7 @@ def extract(
         db = client[settings.mongodb_database]
         existing = set(db.list_collection_names())
         sources = [Source(db, name, name in existing, settings.batch_size) for name in collections]
-        return stage_in_parallel(settings, staging, sources, full, settings.extract_ranges, on_progress)
+        return stage_in_parallel(settings, staging, sources, full, settings.extract_ranges, on_progress, on_staged)
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
@@ -113,18 +115,23 @@ def extract(
 
 
 def stage_in_parallel(settings: Settings, staging: Staging, sources: list[Source], full: set[str], ranges: int,
-                      on_progress: ProgressHook | None) -> list[Snapshot]:
-    """Stage the sources in name order, EXTRACT_WORKERS at a time: those named in `full` as full
-    snapshots (loader/extract/dump.py passes its own sources, with the same interface)."""
+                      on_progress: ProgressHook | None, on_staged: StagedHook | None = None) -> list[Snapshot]:
+    """Stage the sources in the order given (the order in which the transform needs them),
+    EXTRACT_WORKERS at a time: those named in `full` as full snapshots (loader/extract/dump.py
+    passes its own sources, with the same interface). `on_staged` is called with each collection's
+    name once its snapshot is in the staging (or found unchanged)."""
     staging.discard_scratch()
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
 
     def stage(source: Source) -> Snapshot:
-        return stage_collection(duck.cursor(con), staging, source, source.name in full, settings.watermark_overlap_seconds,
-                                ranges, on_progress)
+        snapshot = stage_collection(duck.cursor(con), staging, source, source.name in full,
+                                    settings.watermark_overlap_seconds, ranges, on_progress)
+        if on_staged:
+            on_staged(source.name)
+        return snapshot
 
     with ThreadPoolExecutor(max_workers=settings.extract_workers) as pool:  # collections in parallel
-        return list(pool.map(stage, sorted(sources, key=lambda source: source.name)))
+        return list(pool.map(stage, sources))
 
 
 @dataclass

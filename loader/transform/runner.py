@@ -23,6 +23,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -59,20 +61,25 @@ class TableResult:
 
 
 def transform(settings: Settings, config: Config, staging: Staging, tables: list[Table],
-              force: frozenset[str] = frozenset()) -> list[TableResult]:
+              force: frozenset[str] = frozenset(), staged: Mapping[str, Future] | None = None) -> list[TableResult]:
     """Transform the tables in load order; those named in `force` (or with force_reimport) are
-    re-derived whole, the others only for the units their changed documents select."""
+    re-derived whole, the others only for the units their changed documents select. With
+    `staged` (collection -> future completed once an extract running alongside has staged it), a
+    table starts once its collections are staged; without, they are staged already."""
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
-    for collection in config.collections(tables):
-        duck.run(con, f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS {staging.view_sql(collection)}")
     run = _Run(con, settings, staging, force)
-    return run.groups(_groups(tables), settings.transform_workers)
+    return run.groups(_groups(tables), settings.transform_workers, staged or {})
 
 
 def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
     """What the next transform would do per table: full (and why) or incremental."""
     run = _Run(None, settings, staging, force)
     return {t.name: (f"full ({reason})" if (reason := run.full_reason(t)) else INCREMENTAL) for t in tables}
+
+
+def _staged_name(collection: str) -> tuple[str, str]:
+    """The name a group needs for a staged collection (collections and tables share names)."""
+    return ("staged", collection)
 
 
 def _groups(tables: list[Table]) -> list[list[Table]]:
@@ -97,8 +104,10 @@ class _Run:
         self.state = staging.transform_state()
         self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
         self.states: dict[str, str | None] = {}  # table -> hash of its staged rows, until rewritten
+        self.viewed: set[str] = set()  # collections with a view src_<collection>
+        self.full: dict[str, bool] = {}  # group (its first table) -> re-derived whole
         self._thread = threading.local()
-        self._lock = threading.Lock()  # the changed relations and the transform report
+        self._lock = threading.Lock()  # the views, the changed relations and the transform report
 
     @property
     def con(self):
@@ -108,18 +117,26 @@ class _Run:
         return self._thread.con
 
     # ------------------------------------------------------------ scheduling
-    def groups(self, groups: list[list[Table]], workers: int) -> list[TableResult]:
+    def groups(self, groups: list[list[Table]], workers: int, staged: Mapping[str, Future]) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
-        references are done; the results in load order."""
-        decided = [(group, any(self.full_reason(t) for t in group)) for group in groups]
+        references are done and its collections are `staged`; the results in load order."""
         results = in_dependency_order(
-            decided, workers, lambda unit: self.group(*unit), thread_name="transform",
-            names=lambda unit: {t.name for t in unit[0]},
-            needs=lambda unit: {p for t in unit[0] for p in t.parents},
+            groups, workers, lambda group: self.group(group, self.is_full(group)), thread_name="transform",
+            names=lambda group: {t.name for t in group},
+            needs=lambda group: {p for t in group for p in t.parents} | {_staged_name(c) for t in group for c in t.sources()},
+            given={_staged_name(c): future for c, future in staged.items()},
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
-            alone=lambda unit: bool(unit[0][0].strategy.prepare) and unit[1])
+            alone=lambda group: bool(group[0].strategy.prepare) and self.is_full(group))
         return [result for group in results for result in group]
+
+    def is_full(self, group: list[Table]) -> bool:
+        """Whether a group is re-derived whole (a table of it has a full_reason); decided once,
+        when its collections are staged."""
+        with self._lock:
+            if group[0].name not in self.full:
+                self.full[group[0].name] = any(self.full_reason(t) for t in group)
+            return self.full[group[0].name]
 
     # ------------------------------------------------------------ mode
     def fingerprint(self, table: Table) -> str:
@@ -145,6 +162,7 @@ class _Run:
         full_reason), else only the units its changed documents select."""
         clock = time.perf_counter()
         first = tables[0]
+        self._view_sources(tables)
         consumed = {c: self.staging.latest_id(c) for t in tables for c in t.sources()}
         if not full and self._untouched(tables, consumed):
             results = [self._unchanged(t) for t in tables]
@@ -168,6 +186,14 @@ class _Run:
             self._drop_temporaries()
         results[0].seconds = round(time.perf_counter() - clock - sum(r.seconds for r in results[1:]), 3)
         return results
+
+    def _view_sources(self, tables: list[Table]) -> None:
+        """Views src_<collection> over the current view of the group's collections (shared by the
+        threads), created once the collections are staged."""
+        with self._lock:
+            for collection in sorted({c for t in tables for c in t.sources()} - self.viewed):
+                duck.run(self.con, f"CREATE OR REPLACE VIEW {q('src_' + collection)} AS {self.staging.view_sql(collection)}")
+                self.viewed.add(collection)
 
     def _drop_temporaries(self) -> None:
         """Drop this thread's temporary views and tables: kept until replaced, they would hold
