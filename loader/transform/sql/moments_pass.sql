@@ -10,19 +10,21 @@
 --   moment_outcomes     per candidate: the skip reason (in the order of 4.6) or the
 --                       (user, local day) of its coaching logbook found in users_logbook   4.5
 
+-- Each JSON function parses the whole text it is given: the candidates and their user questions
+-- are parsed once for the fields read from them (moment_inline reads its questions field by field:
+-- a list of their fields, kept for the 2.5M questions of 5M documents, exceeded DuckDB's 1 GB).
 CREATE OR REPLACE TEMP TABLE moment_candidates AS
 SELECT _id AS id, creation_date, update_date, CAST(doc AS JSON) AS d
-FROM {src_userquizzs}
-WHERE bson_type(json_extract(CAST(doc AS JSON), '$.type')) = 'string'
-  AND json_extract_string(CAST(doc AS JSON), '$.type') = 'QUIZZ_TYPE_LOGBOOK';
+FROM (SELECT *, json_extract(doc, '$.type') AS type FROM {src_userquizzs})
+WHERE bson_type(type) = 'string' AND json_extract_string(type, '$') = 'QUIZZ_TYPE_LOGBOOK';
 
 CREATE OR REPLACE TEMP TABLE moment_questions AS
 WITH elements AS (
     SELECT id AS moment_id,
-           unnest(json_extract(d, '$.questions[*]')) AS element,
-           unnest(range(1, CAST(json_array_length(d, '$.questions') AS BIGINT) + 1)) AS position
-    FROM moment_candidates
-    WHERE json_type(d, '$.questions') = 'ARRAY'
+           unnest(json_extract(questions, '$[*]')) AS element,
+           unnest(range(1, CAST(json_array_length(questions) AS BIGINT) + 1)) AS position
+    FROM (SELECT id, json_extract(d, '$.questions') AS questions FROM moment_candidates)
+    WHERE json_type(questions) = 'ARRAY'
 ),
 firsts AS (
     SELECT moment_id, question_id, position
@@ -31,10 +33,9 @@ firsts AS (
     QUALIFY row_number() OVER (PARTITION BY moment_id, question_id ORDER BY position) = 1
 ),
 questions AS (
-    SELECT id, q,
-           bson_ref(coalesce(bson_nn(json_extract(q, '$.quizz_question')), bson_nn(json_extract(q, '$.quizzQuestion'))), '_id') AS template_id
-    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q FROM {src_userquizzquestions}
-          WHERE _id IN (SELECT question_id FROM firsts))
+    SELECT id, q, bson_ref(coalesce(bson_nn(t[1]), bson_nn(t[2])), '_id') AS template_id
+    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q, json_extract(doc, ['$.quizz_question', '$.quizzQuestion']) AS t
+          FROM {src_userquizzquestions} WHERE _id IN (SELECT question_id FROM firsts))
 ),
 templates AS (
     SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
