@@ -57,7 +57,7 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
 
 def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True,
               force: frozenset[str] = NOTHING, staged: Mapping[str, Future] | None = None) -> list[runner.TableResult]:
-    results = runner.transform(settings, config, Staging(settings.staging_dir), tables, force=force, staged=staged)
+    results = runner.transform(settings, Staging(settings.staging_dir), tables, force=force, staged=staged)
     if summary:
         report.console.print(report.transform_summary(results))
     return results
@@ -113,8 +113,9 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
 
 
 def _in_background(work: Callable[[], None], staged: dict[str, Future]) -> Future:
-    """Run `work` in a daemon thread (Ctrl-C does not wait for it; an interrupted extract leaves
-    the staging as it was); if it fails, the collections it has not staged fail with its error."""
+    """Run `work` in a daemon thread (on Ctrl-C the run does not join it: only the collections
+    being read are finished; an interrupted extract leaves the staging as it was); if it fails,
+    the collections it has not staged fail with its error."""
     done: Future = Future()
 
     def target() -> None:

@@ -117,7 +117,7 @@ def _expected_rows(settings: Settings, config: Config, tables: list[Table], stag
     else:
         collections = list(config.collections(needed))
         mongo.extract(settings, scratch, collections, on_progress, full=set(collections))
-    runner.transform(settings, config, scratch, needed, force=frozenset(t.name for t in needed))
+    runner.transform(settings, scratch, needed, force=frozenset(t.name for t in needed))
     return scratch
 
 

@@ -30,7 +30,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from loader import duck
-from loader.config import Column, Config, Table
+from loader.config import Column, Table
 from loader.duck import sql_identifier as q
 from loader.duck import sql_literal
 from loader.parallel import in_dependency_order
@@ -60,7 +60,7 @@ class TableResult:
     seconds: float = 0.0
 
 
-def transform(settings: Settings, config: Config, staging: Staging, tables: list[Table],
+def transform(settings: Settings, staging: Staging, tables: list[Table],
               force: frozenset[str] = frozenset(), staged: Mapping[str, Future] | None = None) -> list[TableResult]:
     """Transform the tables in load order; those named in `force` (or with force_reimport) are
     re-derived whole, the others only for the units their changed documents select. With
