@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from loader import duck, report, tunnel, verify
 from loader.config import Config, Table
@@ -24,6 +25,7 @@ from loader.staging import Snapshot, Staging
 from loader.transform import runner
 
 NOTHING: frozenset[str] = frozenset()
+T = TypeVar("T")
 
 
 def forced_tables(tables: list[Table], force: bool) -> frozenset[str]:
@@ -56,18 +58,21 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
 
 
 def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True,
-              force: frozenset[str] = NOTHING, staged: Mapping[str, Future] | None = None) -> list[runner.TableResult]:
-    results = runner.transform(settings, Staging(settings.staging_dir), tables, force=force, staged=staged)
+              force: frozenset[str] = NOTHING, staged: Mapping[str, Future] | None = None,
+              on_derived: Callable[[str], None] = lambda table: None) -> list[runner.TableResult]:
+    results = runner.transform(settings, Staging(settings.staging_dir), tables, force=force, staged=staged, on_derived=on_derived)
     if summary:
         report.console.print(report.transform_summary(results))
     return results
 
 
 def load(settings: Settings, config: Config, tables: list[Table], progress: bool = True, summary: bool = True,
-         force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING) -> list[writer.LoadResult]:
+         force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING,
+         derived: Mapping[str, Future] | None = None) -> list[writer.LoadResult]:
     staging = Staging(settings.staging_dir)
     with tunnel.opened(settings, mongodb=False) as settings, report.progress_bars("rows") as bars:
-        results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None, force=force, truncate=truncate)
+        results = writer.load(settings, config, staging, tables, report.Bars(bars) if progress else None, force=force,
+                              truncate=truncate, derived=derived)
     if summary:
         report.console.print(report.load_summary(results, staging.transform_state()))
     return results
@@ -83,53 +88,68 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
         force: frozenset[str] = NOTHING, truncate: frozenset[str] = NOTHING, dump: Path | None = None,
         summary: bool = True) -> RunResult:
     """Extract (from MongoDB, or from the mongodump at `dump`), transform and load; the servers
-    used are checked first so that none fails late. The transform runs alongside the extract: a
-    table is derived once its collections are staged (and the tables it references derived)."""
+    used are checked first so that none fails late. The stages overlap: a table is derived once
+    its collections are staged (and the tables it references derived); once the whole extract has
+    succeeded, a table is loaded once it and the tables referencing it are derived (and the tables
+    it references loaded). A failing extract loads nothing; a failing transform stops the load
+    from starting tables (those committed stay, as when a load fails)."""
     with tunnel.opened(settings, mongodb=dump is None) as settings:
         if dump is None:
             mongo.connect(settings).close()
         writer.connect(settings).close()
         clock, ended = time.perf_counter(), {}
         staged = {collection: Future() for collection in config.collections(tables)}
+        derived = {table.name: Future() for table in tables}
 
         def extract_alongside() -> None:
             extract(settings, config, tables, progress=progress, summary=False, force=force, dump=dump,
                     on_staged=lambda collection: staged[collection].set_result(collection))
             ended["extract"] = time.perf_counter() - clock
 
-        extracting = _in_background(extract_alongside, staged)
+        def load_alongside() -> list[writer.LoadResult]:
+            extracting.result()
+            return load(settings, config, tables, progress=progress, summary=summary, force=force, truncate=truncate,
+                        derived=derived)
+
+        extracting = _in_background(extract_alongside, staged, "extract")
+        loading = _in_background(load_alongside, {}, "load")
         try:
-            transform(settings, config, tables, summary=False, force=force, staged=staged)
-        except Exception:
+            transform(settings, config, tables, summary=False, force=force, staged=staged,
+                      on_derived=lambda table: derived[table].set_result(table))
+        except Exception as exc:
+            _fail_pending(derived, exc)
             extracting.exception()  # the extract finishes what it stages (an extract error is the one raised)
+            loading.exception()  # the tables being loaded are committed or rolled back
             raise
-        extracting.result()
         ended["transform"] = time.perf_counter() - clock
-        loads = load(settings, config, tables, progress=progress, summary=summary, force=force, truncate=truncate)
+        extracting.result()
+        loads = loading.result()
         ended["load"] = ended["total"] = time.perf_counter() - clock
     if summary:
         report.console.print(report.run_timing(ended))
     return RunResult(loads, ended)
 
 
-def _in_background(work: Callable[[], None], staged: dict[str, Future]) -> Future:
+def _in_background(work: Callable[[], T], pending: Mapping[str, Future], name: str) -> Future:
     """Run `work` in a daemon thread (on Ctrl-C the run does not join it: only the collections
-    being read are finished; an interrupted extract leaves the staging as it was); if it fails,
-    the collections it has not staged fail with its error."""
+    being read and the tables being written are finished; an interrupted run leaves the staging
+    as it was); if it fails, the `pending` futures not yet completed fail with its error."""
     done: Future = Future()
 
     def target() -> None:
         try:
-            work()
+            done.set_result(work())
         except BaseException as exc:  # noqa: BLE001 - handed over to the futures
-            for future in [*staged.values(), done]:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            done.set_result(None)
+            _fail_pending({**pending, "": done}, exc)
 
-    threading.Thread(target=target, name="extract", daemon=True).start()
+    threading.Thread(target=target, name=name, daemon=True).start()
     return done
+
+
+def _fail_pending(futures: Mapping[str, Future], exc: BaseException) -> None:
+    for future in futures.values():
+        if not future.done():
+            future.set_exception(exc)
 
 
 def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import bson
@@ -20,10 +21,12 @@ import pytest
 from pymongo import MongoClient
 
 from conftest import SOURCE_DATABASE, create_database, run_loader
-from loader import duck
+from loader import duck, pipeline
+from loader.config import load_config
 from loader.extract import dump, mongo
 from loader.settings import Settings
 from loader.staging import DOCUMENT_COLUMNS, FULL, Staging
+from loader.transform import runner
 from test_incremental import Target, differences, table_contents
 from test_rebuild import NO_MONGODB
 
@@ -177,6 +180,50 @@ def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_loa
     expected = table_contents(fresh)
     assert sum(expected["days"].values()) > 0
     problems = differences(table_contents(run), expected)
+    assert not problems, "the run after the failed one (+) and a first run (-) differ:\n" + "\n".join(problems)
+
+
+def test_loader_run_loads_a_table_while_the_transform_goes_on_and_a_transform_failure_stops_it(
+        dumps, postgres, target, tmp_path, monkeypatch):
+    """`loader run` loads a table once it and the tables referencing it are derived, while the
+    transform goes on: here the transform of days_logbooks_links waits until PostgreSQL holds
+    `ingredients`, then fails. The run raises that failure; `ingredients` stays loaded, and neither
+    days_logbooks_links nor the tables it references (days, users_quizzs) are written. The next
+    run completes: it equals a first run."""
+    run = Target({**DUMP_ENV, **target}, tmp_path / "staging")
+    failing, loaded_first = "days_logbooks_links", "ingredients"
+    derive = runner._Run.group
+
+    def committed(table: str) -> bool:
+        return run.query("SELECT to_regclass('public.loader_sync_state') IS NOT NULL")[0][0] and bool(
+            run.query("SELECT count(*) FROM loader_sync_state WHERE table_name = %s", table)[0][0])
+
+    def group_failing_once_loaded(self, tables, full):
+        if tables[0].name != failing:
+            return derive(self, tables, full)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not committed(loaded_first):
+            time.sleep(0.1)
+        raise RuntimeError(f"{failing} failed on purpose")
+
+    monkeypatch.setattr(runner._Run, "group", group_failing_once_loaded)
+    for name, value in run.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None, staging_dir=run.staging)
+    config = load_config(settings.config_path)
+    with pytest.raises(RuntimeError, match=f"{failing} failed on purpose"):
+        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=dumps["folder"])
+    assert run.query(f"SELECT count(*) FROM {loaded_first}")[0][0] > 0
+    unwritten = [failing, "days", "users_quizzs"]
+    assert run.query("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass('public.' || t) IS NOT NULL", unwritten) == []
+    monkeypatch.undo()
+
+    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(dumps["folder"]), env=run.env)
+    assert result.returncode == 0, result.stderr
+    fresh = Target({**DUMP_ENV, **create_database(postgres)}, tmp_path / "fresh")
+    result = run_loader("run", "--staging", str(fresh.staging), "--no-progress", "--from-dump", str(dumps["folder"]), env=fresh.env)
+    assert result.returncode == 0, result.stderr
+    problems = differences(table_contents(run), table_contents(fresh))
     assert not problems, "the run after the failed one (+) and a first run (-) differ:\n" + "\n".join(problems)
 
 

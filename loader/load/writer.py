@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Hashable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +88,18 @@ def load(
     on_progress: ProgressHook | None = None,
     force: frozenset[str] = frozenset(),
     truncate: frozenset[str] = frozenset(),
+    derived: Mapping[str, Future] | None = None,
 ) -> list[LoadResult]:
     """Write the staged tables; those in `force` (or with force_reimport) in full, those in
     `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE.
     A missing table is created in the transaction that fills it, several at a time
-    (LOAD_WORKERS); a table that exists is written alone."""
+    (LOAD_WORKERS); a table that exists is written alone. With `derived` (table -> future
+    completed once a transform running alongside has derived it), a table is written once it and
+    the tables referencing it are derived (deleting its rows checks what they stage)."""
     hook = on_progress or ProgressHook()
+    derived = derived or {}
     for table in tables:
-        if not staging.table_file(table.name).exists():
+        if table.name not in derived and not staging.table_file(table.name).exists():
             raise DestinationError(f"table '{table.name}' has not been transformed yet: run `loader transform` first")
     with connect(settings) as conn:
         refuse_drift(conn, config, settings.postgres_schema, tables)
@@ -113,11 +119,17 @@ def load(
             def alone(unit: list[Table]) -> bool:
                 return any(t.name not in new for t in unit)
 
-            # New tables by their rows, so that the longest chain starts first; the others in load order.
+            def needs(unit: list[Table]) -> set[Hashable]:
+                return {p for t in unit for p in t.parents} | {
+                    _derived_name(d.name) for t in unit for d in [t, *(child for child, _ in _references_to(config, t))]}
+
+            # New tables by their rows (those derived already), so that the longest chain starts
+            # first; the others in load order.
             written = in_dependency_order(
                 _write_units(tables), settings.load_workers, write, thread_name="load",
-                names=lambda unit: {t.name for t in unit}, needs=lambda unit: {p for t in unit for p in t.parents}, alone=alone,
-                weight=lambda unit: 0 if alone(unit) else sum(_staged_rows(staging, t) for t in unit))
+                names=lambda unit: {t.name for t in unit}, needs=needs, alone=alone,
+                weight=lambda unit: 0 if alone(unit) else sum(_staged_rows(staging, t) for t in unit if t.name not in derived),
+                given={_derived_name(name): future for name, future in derived.items()})
         create_missing_tables(conn, config, settings.postgres_schema)  # those this load does not write
         return [result for results in written for result in results]
 
@@ -373,7 +385,7 @@ class _Writer:
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
         """Rows of other tables referencing the removed rows: deleted (their own dependants
         first) or, for a nullable reference, nulled."""
-        for child, column in self._references_to(table):
+        for child, column in _references_to(self.config, table):
             referenced = sql.SQL("SELECT t.{col} FROM {target} AS t WHERE ({key}) IN ({removed})").format(
                 col=ident(column.foreign_key.column), target=_qualified(self.schema, table.name),
                 key=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(k)) for k in table.identity), removed=removed)
@@ -390,10 +402,6 @@ class _Writer:
                     ident(self.schema), ident(child.name), sql.SQL(", ").join(map(ident, child.identity)), rows)).rowcount
             if touched and not self._stages_without(child, table):
                 self._forget_sync_state(child.name)
-
-    def _references_to(self, table: Table) -> list[tuple[Table, Column]]:
-        return [(t, c) for t in self.config.ordered() for c in t.foreign_keys
-                if c.foreign_key.table == table.name and t.name != table.name]
 
     def _stages_without(self, child: Table, parent: Table) -> bool:
         """The child's staged rows were checked against the parent's staged rows, so they lack
@@ -412,7 +420,7 @@ class _Writer:
 
     def _cascade(self, table: Table) -> list[str]:
         found: list[str] = []
-        for child, _ in self._references_to(table):
+        for child, _ in _references_to(self.config, table):
             if child.name not in found:
                 found += [child.name] + [n for n in self._cascade(child) if n not in found and n != child.name]
         return list(dict.fromkeys(found))
@@ -439,6 +447,16 @@ class _Writer:
 
     def _any(self, relation: sql.Composable) -> bool:
         return has_rows(self.conn, relation)
+
+
+def _references_to(config: Config, table: Table) -> list[tuple[Table, Column]]:
+    """The other tables' columns referencing `table`."""
+    return [(t, c) for t in config.ordered() for c in t.foreign_keys if c.foreign_key.table == table.name and t.name != table.name]
+
+
+def _derived_name(table: str) -> tuple[str, str]:
+    """The name a load unit needs for a table derived alongside (tables and units share names)."""
+    return ("derived", table)
 
 
 def _staged_rows(staging: Staging, table: Table) -> int:

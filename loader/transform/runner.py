@@ -23,7 +23,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
@@ -61,14 +61,16 @@ class TableResult:
 
 
 def transform(settings: Settings, staging: Staging, tables: list[Table],
-              force: frozenset[str] = frozenset(), staged: Mapping[str, Future] | None = None) -> list[TableResult]:
+              force: frozenset[str] = frozenset(), staged: Mapping[str, Future] | None = None,
+              on_derived: Callable[[str], None] = lambda table: None) -> list[TableResult]:
     """Transform the tables in load order; those named in `force` (or with force_reimport) are
     re-derived whole, the others only for the units their changed documents select. With
     `staged` (collection -> future completed once an extract running alongside has staged it), a
-    table starts once its collections are staged; without, they are staged already."""
+    table starts once its collections are staged; without, they are staged already. `on_derived`
+    is called with each table's name once its staged rows and transform state are written."""
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     run = _Run(con, settings, staging, force)
-    return run.groups(_groups(tables), settings.transform_workers, staged or {})
+    return run.groups(_groups(tables), settings.transform_workers, staged or {}, on_derived)
 
 
 def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -117,11 +119,18 @@ class _Run:
         return self._thread.con
 
     # ------------------------------------------------------------ scheduling
-    def groups(self, groups: list[list[Table]], workers: int, staged: Mapping[str, Future]) -> list[TableResult]:
+    def groups(self, groups: list[list[Table]], workers: int, staged: Mapping[str, Future],
+               on_derived: Callable[[str], None]) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
         references are done and its collections are `staged`; the results in load order."""
+        def derive(group: list[Table]) -> list[TableResult]:
+            results = self.group(group, self.is_full(group))
+            for table in group:
+                on_derived(table.name)
+            return results
+
         results = in_dependency_order(
-            groups, workers, lambda group: self.group(group, self.is_full(group)), thread_name="transform",
+            groups, workers, derive, thread_name="transform",
             names=lambda group: {t.name for t in group},
             needs=lambda group: {p for t in group for p in t.parents} | {_staged_name(c) for t in group for c in t.sources()},
             given={_staged_name(c): future for c, future in staged.items()},
