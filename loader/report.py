@@ -113,10 +113,10 @@ def extract_summary(snapshots: list[Snapshot]) -> RichTable:
 
 
 def run_timing(ended: dict[str, float]) -> str:
-    """When each stage of `loader run` ended, counted from the start (the transform runs
-    alongside the extract)."""
+    """When each stage of `loader run` ended, counted from the start (the stages overlap)."""
     return (f"Run: {ended['total']:.1f} s; from its start, the extract ended at {ended['extract']:.1f} s, "
-            f"the transform (alongside the extract) at {ended['transform']:.1f} s, the load at {ended['load']:.1f} s")
+            f"the transform (alongside the extract) at {ended['transform']:.1f} s, "
+            f"the load (alongside the transform once the extract ended) at {ended['load']:.1f} s")
 
 
 def snapshots_listing(staging: Staging) -> RichTable:
