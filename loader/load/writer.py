@@ -123,12 +123,12 @@ def load(
                 return {p for t in unit for p in t.parents} | {
                     _derived_name(d.name) for t in unit for d in [t, *(child for child, _ in _references_to(config, t))]}
 
-            # New tables by their rows (those derived already), so that the longest chain starts
-            # first; the others in load order.
+            # New tables by their rows, so that the longest chain starts first; the others, and
+            # every table while the transform runs alongside (its rows are not staged yet), in load order.
             written = in_dependency_order(
                 _write_units(tables), settings.load_workers, write, thread_name="load",
                 names=lambda unit: {t.name for t in unit}, needs=needs, alone=alone,
-                weight=lambda unit: 0 if alone(unit) else sum(_staged_rows(staging, t) for t in unit if t.name not in derived),
+                weight=lambda unit: 0 if alone(unit) or derived else sum(_staged_rows(staging, t) for t in unit),
                 given={_derived_name(name): future for name, future in derived.items()})
         create_missing_tables(conn, config, settings.postgres_schema)  # those this load does not write
         return [result for results in written for result in results]
