@@ -61,11 +61,14 @@ CREATE OR REPLACE MACRO bson_to_text(j) AS CASE bson_type(j)
 -- Text shown for a value, '' when it is missing or null (question titles, answer texts).
 CREATE OR REPLACE MACRO bson_text_or_empty(j) AS coalesce(bson_to_text(bson_nn(j)), '');
 
--- Integers (C6): doubles, decimals and numeric strings rounded half away from zero;
--- the result is a DOUBLE so that the caller can range-check it before casting.
+-- Integers (C6): BSON integers exactly (beyond 2^53 a DOUBLE would round them); doubles, decimals
+-- and numeric strings rounded half away from zero. A HUGEINT (NULL beyond it) that the caller
+-- range-checks before casting.
 CREATE OR REPLACE MACRO bson_to_integer(j) AS CASE
-    WHEN bson_type(j) IN ('int', 'double', 'decimal') AND isfinite(bson_to_double(j)) THEN round(bson_to_double(j))
-    WHEN bson_type(j) = 'string' AND isfinite(TRY_CAST(json_extract_string(j, '$') AS DOUBLE)) THEN round(TRY_CAST(json_extract_string(j, '$') AS DOUBLE))
+    WHEN bson_type(j) = 'int' THEN TRY_CAST(bson_to_text(j) AS HUGEINT)
+    WHEN bson_type(j) IN ('double', 'decimal') AND isfinite(bson_to_double(j)) THEN TRY_CAST(round(bson_to_double(j)) AS HUGEINT)
+    WHEN bson_type(j) = 'string' AND isfinite(TRY_CAST(json_extract_string(j, '$') AS DOUBLE))
+        THEN TRY_CAST(round(TRY_CAST(json_extract_string(j, '$') AS DOUBLE)) AS HUGEINT)
     END;
 
 CREATE OR REPLACE MACRO bson_to_number(j) AS CASE

@@ -133,7 +133,7 @@ SELECT f.*, i.id IS NOT NULL AS single_found,
        END AS answered_by,
        CASE answered_by
            WHEN 'qcm_answers' THEN to_json(qcm)
-           WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(CAST(bson_to_integer(scale) AS BIGINT) AS VARCHAR)), json_array(scale))
+           WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(TRY_CAST(bson_to_integer(scale) AS BIGINT) AS VARCHAR)), json_array(scale))
            WHEN 'single_enum_answer' THEN to_json(CASE WHEN i.id IS NULL THEN single_id ELSE bson_text_or_empty(json_extract(i.d, '$.text')) END)
            WHEN 'boolean_answer' THEN coalesce(to_json(CASE bson_to_boolean(bool) WHEN true THEN 'True' WHEN false THEN 'False' END), json_array(bool))
            WHEN 'document_answer' THEN document
