@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pyarrow.parquet as pq
+from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 
 from loader import duck
@@ -49,6 +51,18 @@ from loader.strategies import MOMENTS, UPSERT_KEY
 from loader.transform.typing import staged_columns
 
 COPY_CHUNK_BYTES = 1 << 20
+# Rows are sent to a binary COPY in Arrow batches of about COPY_BATCH_BYTES of the source file's
+# average row (so a table of large documents' rows goes a few rows at a time), at most COPY_BATCH_ROWS.
+COPY_BATCH_BYTES = 32 << 20
+COPY_BATCH_ROWS = 65_536
+# PostgreSQL types a binary COPY reads from the Arrow form of DuckDB's values, as pgpq encodes it
+# (an Arrow string as text, which varchar and char read too). numeric and real are not among
+# them: their values are DOUBLEs, which PostgreSQL must round from their decimal text (CSV).
+ARROW_TYPES = {
+    "text": pa.string(), "character varying": pa.string(), "character": pa.string(),
+    "smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "boolean": pa.bool_(),
+    "date": pa.date32(), "timestamp without time zone": pa.timestamp("us"), "double precision": pa.float64(),
+}
 ident = sql.Identifier
 
 
@@ -296,7 +310,7 @@ class _Writer:
         else:
             columns = staged_columns(table)
             rows = self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, columns))} FROM {self._staged(table)}{order}",
-                              target, columns, progress=True)
+                              target, columns, self.staging.table_file(table.name), progress=True, total=_staged_rows(self.staging, table))
         for statement in attach:
             self.conn.execute(statement)
         return rows
@@ -339,7 +353,8 @@ class _Writer:
         if baseline:
             query += f" EXCEPT SELECT {columns} FROM {baseline}"
         self.conn.execute(_incoming_table_sql(table, self.schema))
-        self._copy(table.name, query, _incoming(table), staged_columns(table), progress=True)
+        self._copy(table.name, query, _incoming(table), staged_columns(table), self.staging.table_file(table.name), progress=True,
+                   total=None if baseline else _staged_rows(self.staging, table))
 
     def _stage_removed(self, table: Table, baseline: str | None, mode: str) -> None:
         """`_removed_<table>`: identities PostgreSQL holds that the staged state no longer has."""
@@ -351,23 +366,37 @@ class _Writer:
         if baseline:
             columns = ", ".join(map(sql_identifier, key))
             self._copy(table.name, f"SELECT {columns} FROM {baseline} EXCEPT SELECT {columns} FROM {self._staged(table)}",
-                       _removed(table), list(key), progress=False)
+                       _removed(table), list(key), self.staging.table_file(table.name), progress=False)
         else:  # full: everything PostgreSQL holds that is not staged (incoming holds every row)
             self.conn.execute(sql.SQL("INSERT INTO {removed} SELECT {key} FROM {target} EXCEPT SELECT {key} FROM {incoming}").format(
                 removed=_removed(table), key=sql.SQL(", ").join(map(ident, key)),
                 target=_qualified(self.schema, table.name), incoming=_incoming(table)))
 
-    def _copy(self, name: str, query: str, target: sql.Composable, columns: list[str], progress: bool) -> int:
-        csv_path = self.staging.tmp_dir / f"{name}.csv"
-        rows = _write_csv(self.con, query, csv_path)
+    def _copy(self, name: str, query: str, target: sql.Composable, columns: list[str], reads: Path, progress: bool,
+              total: int | None = None) -> int:
+        """COPY the rows of a DuckDB query (reading the Parquet file `reads`) into `target`'s
+        `columns`; returns their count. In PostgreSQL's binary format, encoded from Arrow batches,
+        when every column has an Arrow counterpart (ARROW_TYPES): nothing is formatted as text nor
+        parsed back, half the CPU of CSV. Otherwise as CSV written by DuckDB."""
+        advance = (lambda n: self.hook.advance(name, n)) if progress else (lambda n: None)
         if progress:
-            self.hook.start(name, rows)
+            self.hook.start(name, total)
         try:
-            _copy_csv(self.conn, target, csv_path, columns, rows, (lambda n: self.hook.advance(name, n)) if progress else (lambda n: None))
+            schema = _arrow_schema(self.conn, target, columns)
+            if schema is not None:
+                return _copy_binary(self.conn, target, self.con.sql(query).to_arrow_reader(_batch_rows(reads)), schema, advance)
+            return self._copy_through_csv(name, query, target, columns, advance)
         finally:
-            csv_path.unlink(missing_ok=True)
             if progress:
                 self.hook.finish(name)
+
+    def _copy_through_csv(self, name: str, query: str, target: sql.Composable, columns: list[str], advance) -> int:
+        csv_path = self.staging.tmp_dir / f"{name}.csv"
+        try:
+            rows = _write_csv(self.con, query, csv_path)
+            _copy_csv(self.conn, target, csv_path, columns, rows, advance)
+        finally:
+            csv_path.unlink(missing_ok=True)
         return rows
 
     def _replace_issues(self, table: Table) -> int:
@@ -379,7 +408,7 @@ class _Writer:
             return 0
         columns = ", ".join(map(sql_identifier, ISSUE_COLUMNS))
         return self._copy(f"{table.name}.issues", f"SELECT {columns} FROM read_parquet({sql_literal(str(issues))})",
-                          target, list(ISSUE_COLUMNS), progress=False)
+                          target, list(ISSUE_COLUMNS), issues, progress=False)
 
     # ------------------------------------------------------------ deletes
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
@@ -517,6 +546,37 @@ def _resolve_generated_keys(conn: psycopg.Connection, table: Table, schema: str)
                 f"table '{table.name}': {missing} row(s) reference a '{fk.table}' row ({', '.join(fk.natural_key)}) "
                 f"that PostgreSQL does not hold; load '{fk.table}' first"
             )
+
+
+def _arrow_schema(conn: psycopg.Connection, target: sql.Composable, columns: list[str]) -> pa.Schema | None:
+    """The Arrow schema `target`'s columns read in a binary COPY, or None when one has none."""
+    types = dict(conn.execute(
+        "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        [target.as_string(conn)]).fetchall())
+    fields = [(column, ARROW_TYPES.get(types[column])) for column in columns]
+    return None if any(arrow is None for _, arrow in fields) else pa.schema(fields)
+
+
+def _batch_rows(source: Path) -> int:
+    """Rows per Arrow batch: about COPY_BATCH_BYTES of the Parquet file's average (uncompressed) row."""
+    metadata = pq.read_metadata(source)
+    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return max(1, min(COPY_BATCH_ROWS, COPY_BATCH_BYTES * max(metadata.num_rows, 1) // max(size, 1)))
+
+
+def _copy_binary(conn: psycopg.Connection, target: sql.Composable, batches, schema: pa.Schema, advance) -> int:
+    """COPY ... FROM STDIN (FORMAT binary) of Arrow batches, each cast to `schema` and encoded by pgpq."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target, sql.SQL(", ").join(map(ident, schema.names)))
+    encoder = ArrowToPostgresBinaryEncoder(schema)
+    rows = 0
+    with conn.cursor().copy(statement) as copy:
+        copy.write(encoder.write_header())
+        for batch in batches:
+            copy.write(encoder.write_batch(batch.cast(schema)))
+            rows += batch.num_rows
+            advance(batch.num_rows)
+        copy.write(encoder.finish())
+    return rows
 
 
 def _write_csv(con, query: str, target: Path) -> int:
