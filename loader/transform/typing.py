@@ -147,12 +147,22 @@ def _issue_struct(c: Column, prefix: str) -> str:
 
 
 def _issue_list(columns: list[Column], prefix: str) -> str:
+    """The columns' issues (reason not NULL) as a list of structs; built only for the rows that
+    have one (most have none, and each struct copies its column's raw value)."""
+    return f"CASE WHEN {_any_issue(columns, prefix)} THEN {_issues(columns, prefix)} ELSE [] END"
+
+
+def _first_issue(columns: list[Column], prefix: str) -> str:
+    return f"CASE WHEN {_any_issue(columns, prefix)} THEN {_issues(columns, prefix)}[1] END"
+
+
+def _issues(columns: list[Column], prefix: str) -> str:
     items = ", ".join(_issue_struct(c, prefix) for c in columns)
     return f"list_filter([{items}], lambda x: x.reason IS NOT NULL)"
 
 
-def _first_issue(columns: list[Column], prefix: str) -> str:
-    return f"{_issue_list(columns, prefix)}[1]"
+def _any_issue(columns: list[Column], prefix: str) -> str:
+    return f"coalesce({', '.join(q(prefix + c.name) for c in columns)}) IS NOT NULL"
 
 
 def _substitute(template: str, r: str, v: str) -> str:
