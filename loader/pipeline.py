@@ -59,8 +59,9 @@ def extract(settings: Settings, config: Config, tables: list[Table], progress: b
 
 def transform(settings: Settings, config: Config, tables: list[Table], summary: bool = True,
               force: frozenset[str] = NOTHING, staged: Mapping[str, Future] | None = None,
-              on_derived: Callable[[str], None] = lambda table: None) -> list[runner.TableResult]:
-    results = runner.transform(settings, Staging(settings.staging_dir), tables, force=force, staged=staged, on_derived=on_derived)
+              on_derived: Callable[[str], None] = lambda table: None, abort: Future | None = None) -> list[runner.TableResult]:
+    results = runner.transform(settings, Staging(settings.staging_dir), tables, force=force, staged=staged, on_derived=on_derived,
+                               abort=abort)
     if summary:
         report.console.print(report.transform_summary(results))
     return results
@@ -92,7 +93,8 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
     its collections are staged (and the tables it references derived); once the whole extract has
     succeeded, a table is loaded once it and the tables referencing it are derived (and the tables
     it references loaded). A failing extract loads nothing; a failing transform stops the load
-    from starting tables (those committed stay, as when a load fails)."""
+    from starting tables (those committed stay, as when a load fails), and a failing load stops
+    the transform from starting tables (those derived stay staged for the next run)."""
     with tunnel.opened(settings, mongodb=dump is None) as settings:
         if dump is None:
             mongo.connect(settings).close()
@@ -115,12 +117,12 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
         loading = _in_background(load_alongside, {}, "load")
         try:
             transform(settings, config, tables, summary=False, force=force, staged=staged,
-                      on_derived=lambda table: derived[table].set_result(table))
+                      on_derived=lambda table: derived[table].set_result(table), abort=loading)
         except Exception as exc:
             _fail_pending(derived, exc)
             extracting.exception()  # the extract finishes what it stages (an extract error is the one raised)
             loading.exception()  # the tables being loaded are committed or rolled back
-            raise
+            raise  # a load error that stopped the transform is raised as the transform's
         ended["transform"] = time.perf_counter() - clock
         extracting.result()
         loads = loading.result()

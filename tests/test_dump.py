@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,10 +21,11 @@ import bson
 import pytest
 from pymongo import MongoClient
 
-from conftest import SOURCE_DATABASE, create_database, run_loader
+from conftest import SOURCE_DATABASE, connect, create_database, run_loader
 from loader import duck, pipeline
 from loader.config import load_config
 from loader.extract import dump, mongo
+from loader.load import writer
 from loader.settings import Settings
 from loader.staging import DOCUMENT_COLUMNS, FULL, Staging
 from loader.transform import runner
@@ -225,6 +227,49 @@ def test_loader_run_loads_a_table_while_the_transform_goes_on_and_a_transform_fa
     assert result.returncode == 0, result.stderr
     problems = differences(table_contents(run), table_contents(fresh))
     assert not problems, "the run after the failed one (+) and a first run (-) differ:\n" + "\n".join(problems)
+
+
+def test_a_failing_load_stops_the_transform_from_starting_tables(dumps, target, tmp_path, monkeypatch):
+    """PostgreSQL refuses the load of a `loader run` (an `ingredients` table of other columns:
+    schema drift, nothing written) while the transform goes on: here the transform of `users`
+    waits until the load has failed. The run raises the load's error once `users` is derived;
+    the tables referencing users are not derived (their groups never start); what was derived
+    stays staged, and the run after the drift is mended completes."""
+    run = Target({**DUMP_ENV, **target}, tmp_path / "staging")
+    with connect(run.env) as conn:
+        conn.execute("CREATE TABLE ingredients (id VARCHAR PRIMARY KEY, name INTEGER)")
+    load, derive, failed = pipeline.load, runner._Run.group, threading.Event()
+
+    def load_noting_its_failure(*args, **kwargs):
+        try:
+            return load(*args, **kwargs)
+        except Exception:
+            failed.set()
+            raise
+
+    def group_waiting_for_the_failure(self, tables, full):
+        if tables[0].name == "users":
+            assert failed.wait(60), "the load did not fail"
+        return derive(self, tables, full)
+
+    monkeypatch.setattr(pipeline, "load", load_noting_its_failure)
+    monkeypatch.setattr(runner._Run, "group", group_waiting_for_the_failure)
+    for name, value in run.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None, staging_dir=run.staging)
+    config = load_config(settings.config_path)
+    with pytest.raises(writer.DestinationError, match="differs from the config"):
+        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=dumps["folder"])
+    staged = Staging(run.staging)
+    assert staged.table_file("users").exists() and staged.table_file("companies").exists()
+    assert [t for t in ("user_events", "messages", "users_logbook", "coachings") if staged.table_file(t).exists()] == []
+    monkeypatch.undo()
+
+    with connect(run.env) as conn:
+        conn.execute("DROP TABLE ingredients")
+    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(dumps["folder"]), env=run.env)
+    assert result.returncode == 0, result.stderr
+    assert run.query("SELECT count(*) FROM days_logbooks_links")[0][0] > 0
 
 
 # --------------------------------------------------------------------------- failures

@@ -52,10 +52,11 @@ class Recorder:
         return running | {n for kind, n in self.events[start + 1:end] if kind == "start"}
 
 
-def run(recorder: Recorder, workers: int = 2, alone: set[str] = frozenset(), weighted: bool = True) -> list[str]:
+def run(recorder: Recorder, workers: int = 2, alone: set[str] = frozenset(), weighted: bool = True,
+        abort: Future | None = None) -> list[str]:
     return in_dependency_order(
         list(UNITS), workers, recorder, thread_name="test", names=lambda u: {u}, needs=lambda u: UNITS[u][0],
-        alone=lambda u: u in alone, weight=(lambda u: UNITS[u][1]) if weighted else (lambda u: 0.0))
+        alone=lambda u: u in alone, weight=(lambda u: UNITS[u][1]) if weighted else (lambda u: 0.0), abort=abort)
 
 
 def test_results_in_unit_order_and_parents_done_before_children():
@@ -118,3 +119,22 @@ def test_a_failed_given_future_stops_new_units_and_its_error_is_raised():
     with pytest.raises(ConnectionError, match="extract failed"):
         run_given(recorder, {"source": source}, workers=1)
     assert "a" not in recorder.started() and len(recorder.started()) < len(UNITS) - 1
+
+
+def test_an_abort_that_fails_stops_new_units_and_its_error_is_raised():
+    """`abort` is work alongside (the load) that the units feed: its failure stops them early."""
+    abort = Future()
+
+    class Aborting(Recorder):
+        def __call__(self, name: str) -> str:
+            if name == "heavy":
+                abort.set_exception(ConnectionError("load failed"))
+            return super().__call__(name)
+
+    recorder = Aborting()
+    with pytest.raises(ConnectionError, match="load failed"):
+        run(recorder, workers=1, abort=abort)
+    assert recorder.started() == ["b", "heavy"]  # heavy ran to its end; heavy_child and the rest never started
+    finished = Future()
+    finished.set_result(None)
+    assert run(Recorder(), abort=finished) == [u.upper() for u in UNITS]

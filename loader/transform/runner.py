@@ -62,15 +62,16 @@ class TableResult:
 
 def transform(settings: Settings, staging: Staging, tables: list[Table],
               force: frozenset[str] = frozenset(), staged: Mapping[str, Future] | None = None,
-              on_derived: Callable[[str], None] = lambda table: None) -> list[TableResult]:
+              on_derived: Callable[[str], None] = lambda table: None, abort: Future | None = None) -> list[TableResult]:
     """Transform the tables in load order; those named in `force` (or with force_reimport) are
     re-derived whole, the others only for the units their changed documents select. With
     `staged` (collection -> future completed once an extract running alongside has staged it), a
     table starts once its collections are staged; without, they are staged already. `on_derived`
-    is called with each table's name once its staged rows and transform state are written."""
+    is called with each table's name once its staged rows and transform state are written. Once
+    `abort` (a load running alongside) fails, no further group starts and its error is raised."""
     con = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
     run = _Run(con, settings, staging, force)
-    return run.groups(_groups(tables), settings.transform_workers, staged or {}, on_derived)
+    return run.groups(_groups(tables), settings.transform_workers, staged or {}, on_derived, abort)
 
 
 def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -120,7 +121,7 @@ class _Run:
 
     # ------------------------------------------------------------ scheduling
     def groups(self, groups: list[list[Table]], workers: int, staged: Mapping[str, Future],
-               on_derived: Callable[[str], None]) -> list[TableResult]:
+               on_derived: Callable[[str], None], abort: Future | None) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
         references are done and its collections are `staged`; the results in load order."""
         def derive(group: list[Table]) -> list[TableResult]:
@@ -133,7 +134,7 @@ class _Run:
             groups, workers, derive, thread_name="transform",
             names=lambda group: {t.name for t in group},
             needs=lambda group: {p for t in group for p in t.parents} | {_staged_name(c) for t in group for c in t.sources()},
-            given={_staged_name(c): future for c, future in staged.items()},
+            given={_staged_name(c): future for c, future in staged.items()}, abort=abort,
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
             alone=lambda group: bool(group[0].strategy.prepare) and self.is_full(group))
