@@ -1,8 +1,9 @@
 """SQL that turns a strategy's documents into typed, checked rows of one table.
 
-For every column: the raw JSON value (mapped field, then fallbacks: C3, C4), the converted value
-(C5-C8, macros of loader/sql/bson.sql), the reject reason of the value (C6, C10) and a warning
-(`bad_reference`, C5). A row's `_problem` is its first rejected column, in column order.
+For every column: the raw JSON value (mapped field, then fallbacks: C3, C4) and its BSON type,
+the converted value (C5-C8, the typed macros of loader/sql/bson.sql), the reject reason of the
+value (C6, C10) and a warning (`bad_reference`, C5). A row's `_problem` is its first rejected
+column, in column order.
 """
 
 from __future__ import annotations
@@ -29,25 +30,26 @@ class TransformError(Exception):
 @dataclass(frozen=True)
 class ColumnSql:
     value: str  # converted value, NULL when it does not convert
-    error: str  # reject reason or NULL; may use v (value) and r (raw)
+    error: str  # reject reason or NULL; may use v (value), r (raw) and t (its bson_type)
     final: str  # the value in its output type
     warning: str = "NULL"
 
 
 def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
-    """Conversion and checks of one column, as SQL over `r` (raw JSON) and `v` (converted)."""
+    """Conversion and checks of one column, as SQL over `r` (raw JSON, never a JSON null), `t`
+    (its bson_type) and `v` (converted)."""
     base = column.base_type
-    lost = "bson_present(r) AND v IS NULL"
+    lost = "r IS NOT NULL AND v IS NULL"
     not_null = "NULL" if column.nullable else f"CASE WHEN v IS NULL THEN {sql_literal('not_null:' + column.name)} END"
 
     def error(*checks: str) -> str:
         # The first failing check names the reason; a value that did not convert is a type_error.
-        return (f"CASE WHEN bson_type(r) = 'invalidUtf8' THEN 'invalid_utf8' {' '.join(checks)} "
+        return (f"CASE WHEN t = 'invalidUtf8' THEN 'invalid_utf8' {' '.join(checks)} "
                 f"WHEN {lost} THEN 'type_error' ELSE {not_null} END")
 
     if column.is_reference:
         return ColumnSql(
-            value="bson_ref(r, '_id')",
+            value="bson_ref_typed(r, '_id', t)",
             error=not_null,
             final="v",
             warning=f"CASE WHEN {lost} THEN 'bad_reference' END",
@@ -55,22 +57,22 @@ def column_sql(table: Table, column: Column, timezone: str) -> ColumnSql:
     if column.family == "text":
         too_long = f"WHEN length(v) > {column.length} THEN 'value_too_long'" if column.length else ""
         # PostgreSQL text cannot hold NUL characters.
-        return ColumnSql(value="bson_to_text(r)", error=error("WHEN strpos(v, chr(0)) > 0 THEN 'nul_character'", too_long),
+        return ColumnSql(value="bson_to_text_typed(r, t)", error=error("WHEN strpos(v, chr(0)) > 0 THEN 'nul_character'", too_long),
                          final="v")
     if column.family == "integer":
         low, high = INTEGER_RANGES[base]
         # A number that does not fit (Infinity, 1E+400) is out of range; NaN is no number at all.
-        beyond = f"WHEN {lost} AND bson_type(r) IN ('int', 'double', 'decimal') AND NOT coalesce(isnan(bson_to_double(r)), false)"
+        beyond = f"WHEN {lost} AND t IN ('int', 'double', 'decimal') AND NOT coalesce(isnan(bson_to_double_typed(r, t)), false)"
         return ColumnSql(
-            value="bson_to_integer(r)",
+            value="bson_to_integer_typed(r, t)",
             error=error(f"{beyond} THEN 'out_of_range'", f"WHEN v NOT BETWEEN {low} AND {high} THEN 'out_of_range'"),
             final=f"CASE WHEN v BETWEEN {low} AND {high} THEN CAST(v AS {'INTEGER' if base == 'INT' else base}) END",
         )
     converters = {
-        "boolean": "bson_to_boolean(r)",
-        "timestamp": "bson_to_timestamp(r)",
-        "date": f"bson_to_date(r, {sql_literal(timezone)})",
-        "number": "bson_to_number(r)",
+        "boolean": "bson_to_boolean_typed(r, t)",
+        "timestamp": "bson_to_timestamp_typed(r, t)",
+        "date": f"bson_to_date_typed(r, t, {sql_literal(timezone)})",
+        "number": "bson_to_number_typed(r, t)",
     }
     if column.family not in converters:
         raise TransformError(f"table '{table.name}', column '{column.name}': a {column.sql_type} column is not read from documents")
@@ -113,10 +115,11 @@ def typed_rows_sql(table: Table, documents: str, timezone: str, deferred_not_nul
     parts = {c.name: column_sql(table, c, timezone) for c in columns}
 
     def on(c: Column, template: str) -> str:
-        # Substitute this column's raw/converted value for r and v in a template.
-        return _substitute(template, r=q("r_" + c.name), v=q("v_" + c.name))
+        # Substitute this column's raw value, its type and its converted value for r, t and v.
+        return _substitute(template, {"r": q("r_" + c.name), "t": q("t_" + c.name), "v": q("v_" + c.name)})
 
     raw_cols = ", ".join(f"{raw(c)} AS {q('r_' + c.name)}" for c in columns)
+    type_cols = ", ".join(f"bson_type({q('r_' + c.name)}) AS {q('t_' + c.name)}" for c in columns)
     value_cols = ", ".join(f"{on(c, parts[c.name].value)} AS {q('v_' + c.name)}" for c in columns)
     check_cols = ", ".join(
         f"{on(c, parts[c.name].error)} AS {q('e_' + c.name)}, {on(c, parts[c.name].warning)} AS {q('w_' + c.name)}"
@@ -131,7 +134,8 @@ raw AS (
     SELECT _source_id, _source_collection, _unit, {carried}{raw_cols}
     FROM (SELECT *, json_extract(d, {path_list}) AS f FROM docs)
 ),
-converted AS (SELECT *, {value_cols} FROM raw),
+typed AS (SELECT *, {type_cols} FROM raw),
+converted AS (SELECT *, {value_cols} FROM typed),
 checked AS (SELECT *, {check_cols} FROM converted)
 SELECT _source_id, _source_collection, _unit, {carried}{final_cols},
        {problems} AS _problem,
@@ -165,6 +169,8 @@ def _any_issue(columns: list[Column], prefix: str) -> str:
     return f"coalesce({', '.join(q(prefix + c.name) for c in columns)}) IS NOT NULL"
 
 
-def _substitute(template: str, r: str, v: str) -> str:
-    """Replace the whole-word placeholders r and v of a column template."""
-    return re.sub(r"\b([rv])\b", lambda m: r if m.group(1) == "r" else v, template)
+def _substitute(template: str, names: dict[str, str]) -> str:
+    """Replace the whole-word placeholders (r, t, v) of a column template, outside its string
+    literals (a reason such as 'not_null:t' names a column)."""
+    words = "|".join(map(re.escape, names))
+    return re.sub(rf"'(?:[^']|'')*'|\b({words})\b", lambda m: names[m.group(1)] if m.group(1) else m.group(0), template)

@@ -26,16 +26,18 @@ WITH elements AS (
     FROM (SELECT id, json_extract(d, '$.questions') AS questions FROM moment_candidates)
     WHERE json_type(questions) = 'ARRAY'
 ),
+referenced AS (  -- a subquery of its own: the filter below would paste bson_ref into the scan
+    SELECT moment_id, bson_ref(element, 'question') AS question_id, position FROM elements
+),
 firsts AS (
-    SELECT moment_id, question_id, position
-    FROM (SELECT moment_id, bson_ref(element, 'question') AS question_id, position FROM elements)
-    WHERE question_id IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY moment_id, question_id ORDER BY position) = 1
+    SELECT moment_id, question_id, min(position) AS position
+    FROM referenced WHERE question_id IS NOT NULL GROUP BY moment_id, question_id
 ),
 questions AS (
-    SELECT id, q, bson_ref(coalesce(bson_nn(t[1]), bson_nn(t[2])), '_id') AS template_id
-    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q, json_extract(doc, ['$.quizz_question', '$.quizzQuestion']) AS t
-          FROM {src_userquizzquestions} WHERE _id IN (SELECT question_id FROM firsts))
+    SELECT id, q, bson_ref(template, '_id') AS template_id
+    FROM (SELECT _id AS id, CAST(doc AS JSON) AS q, coalesce(bson_nn(t[1]), bson_nn(t[2])) AS template
+          FROM (SELECT *, json_extract(doc, ['$.quizz_question', '$.quizzQuestion']) AS t FROM {src_userquizzquestions})
+          WHERE _id IN (SELECT question_id FROM firsts))
 ),
 templates AS (
     SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
@@ -90,9 +92,10 @@ choices AS (  -- qcm_answers: option item ids -> texts in array order
     SELECT moment_id, question_id, position, bson_ref(element, '_id') AS item_id
     FROM (
         SELECT moment_id, question_id,
-               unnest(json_extract(q, '$.qcm_answers[*]')) AS element,
-               unnest(range(1, CAST(json_array_length(q, '$.qcm_answers') AS BIGINT) + 1)) AS position
-        FROM pending WHERE json_type(q, '$.qcm_answers') = 'ARRAY'
+               unnest(json_extract(answers, '$[*]')) AS element,
+               unnest(range(1, CAST(json_array_length(answers) AS BIGINT) + 1)) AS position
+        FROM (SELECT moment_id, question_id, json_extract(q, '$.qcm_answers') AS answers FROM pending)
+        WHERE json_type(answers) = 'ARRAY'
     )
 ),
 choice_texts AS (
@@ -109,17 +112,21 @@ joined_choices AS (
 ),
 fields AS (
     -- the question's timestamps, not the whole question: this table is as long as the questions
-    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there
+    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there;
+    -- the question is parsed once for all its fields (a list, dropped in this projection)
     SELECT p.moment_id, p.question_id, p.title,
-           json_extract(p.q, '$.creation_date') AS question_created, json_extract(p.q, '$.update_date') AS question_updated,
+           f[1] AS question_created, f[2] AS question_updated,
            j.text AS qcm, j.missing AS qcm_missing,
-           bson_nn(json_extract(p.q, '$.scale_1_10_answer')) AS scale,
-           bson_ref(json_extract(p.q, '$.single_enum_answer'), '_id') AS single_id,
-           bson_nn(json_extract(p.q, '$.boolean_answer')) AS bool,
-           bson_nn(json_extract(p.q, '$.document_answer')) AS document,
-           bson_nn(json_extract(p.q, '$.text_answer')) AS text,
-           bson_nn(json_extract(p.q, '$.numeric_answer')) AS numeric
-    FROM pending p LEFT JOIN joined_choices j USING (moment_id, question_id)
+           bson_nn(f[3]) AS scale,
+           bson_ref(f[4], '_id') AS single_id,
+           bson_nn(f[5]) AS bool,
+           bson_nn(f[6]) AS document,
+           bson_nn(f[7]) AS text,
+           bson_nn(f[8]) AS numeric
+    FROM (SELECT *, json_extract(q, ['$.creation_date', '$.update_date', '$.scale_1_10_answer', '$.single_enum_answer',
+                                     '$.boolean_answer', '$.document_answer', '$.text_answer', '$.numeric_answer']) AS f
+          FROM pending) p
+    LEFT JOIN joined_choices j USING (moment_id, question_id)
 )
 SELECT f.*, i.id IS NOT NULL AS single_found,
        CASE
