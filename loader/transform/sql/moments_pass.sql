@@ -112,7 +112,7 @@ joined_choices AS (
 ),
 fields AS (
     -- the question's timestamps, not the whole question: this table is as long as the questions
-    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there;
+    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there:
     -- the question is parsed once for all its fields (a list, dropped in this projection)
     SELECT p.moment_id, p.question_id, p.title,
            f[1] AS question_created, f[2] AS question_updated,
