@@ -108,8 +108,9 @@ def load(
     `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE.
     A missing table is created in the transaction that fills it, several at a time
     (LOAD_WORKERS); a table that exists is written alone. With `derived` (table -> future
-    completed once a transform running alongside has derived it), a table is written once it and
-    the tables referencing it are derived (deleting its rows checks what they stage)."""
+    completed once a transform running alongside has derived it), a missing table is written once
+    it is derived, a table that exists once it and the tables referencing it are derived
+    (deleting its rows checks what they stage)."""
     hook = on_progress or ProgressHook()
     derived = derived or {}
     for table in tables:
@@ -134,8 +135,10 @@ def load(
                 return any(t.name not in new for t in unit)
 
             def needs(unit: list[Table]) -> set[Hashable]:
-                return {p for t in unit for p in t.parents} | {
-                    _derived_name(d.name) for t in unit for d in [t, *(child for child, _ in _references_to(config, t))]}
+                # Deleting a table's rows reads what the tables referencing it stage; a missing
+                # table only gets rows, as soon as it is derived.
+                waited = [d for t in unit for d in [t, *([] if t.name in new else (c for c, _ in _references_to(config, t)))]]
+                return {p for t in unit for p in t.parents} | {_derived_name(d.name) for d in waited}
 
             # New tables by their rows, so that the longest chain starts first; the others, and
             # every table while the transform runs alongside (its rows are not staged yet), in load order.
