@@ -112,21 +112,22 @@ joined_choices AS (
 ),
 fields AS (
     -- the question's timestamps, not the whole question: this table is as long as the questions
-    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there:
-    -- the question is parsed once for all its fields (a list, dropped in this projection)
-    SELECT p.moment_id, p.question_id, p.title,
+    -- (2.5M rows at 5M documents), and holding each question's JSON exceeded DuckDB's 1 GB there.
+    -- The question is parsed once for all its fields, after the join: the list, extracted
+    -- before it, went into the join's hash table with the question (5M: out of memory)
+    SELECT moment_id, question_id, title,
            f[1] AS question_created, f[2] AS question_updated,
-           j.text AS qcm, j.missing AS qcm_missing,
+           qcm, qcm_missing,
            bson_nn(f[3]) AS scale,
            bson_ref(f[4], '_id') AS single_id,
            bson_nn(f[5]) AS bool,
            bson_nn(f[6]) AS document,
            bson_nn(f[7]) AS text,
            bson_nn(f[8]) AS numeric
-    FROM (SELECT *, json_extract(q, ['$.creation_date', '$.update_date', '$.scale_1_10_answer', '$.single_enum_answer',
-                                     '$.boolean_answer', '$.document_answer', '$.text_answer', '$.numeric_answer']) AS f
-          FROM pending) p
-    LEFT JOIN joined_choices j USING (moment_id, question_id)
+    FROM (SELECT p.moment_id, p.question_id, p.title, j.text AS qcm, j.missing AS qcm_missing,
+                 json_extract(p.q, ['$.creation_date', '$.update_date', '$.scale_1_10_answer', '$.single_enum_answer',
+                                    '$.boolean_answer', '$.document_answer', '$.text_answer', '$.numeric_answer']) AS f
+          FROM pending p LEFT JOIN joined_choices j USING (moment_id, question_id))
 )
 SELECT f.*, i.id IS NOT NULL AS single_found,
        CASE
