@@ -26,12 +26,10 @@ WITH elements AS (
     FROM (SELECT id, json_extract(d, '$.questions') AS questions FROM moment_candidates)
     WHERE json_type(questions) = 'ARRAY'
 ),
-referenced AS (  -- a subquery of its own: the filter below would paste bson_ref into the scan
-    SELECT moment_id, bson_ref(element, 'question') AS question_id, position FROM elements
-),
 firsts AS (
     SELECT moment_id, question_id, min(position) AS position
-    FROM referenced WHERE question_id IS NOT NULL GROUP BY moment_id, question_id
+    FROM (SELECT moment_id, bson_ref(element, 'question') AS question_id, position FROM elements)
+    WHERE question_id IS NOT NULL GROUP BY moment_id, question_id
 ),
 questions AS (
     SELECT id, q, bson_ref(template, '_id') AS template_id
