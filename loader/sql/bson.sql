@@ -116,8 +116,7 @@ CREATE OR REPLACE MACRO bson_to_date_typed(j, t, tz) AS CAST(in_year_range(CASE 
 CREATE OR REPLACE MACRO bson_to_date(j, tz) AS bson_to_date_typed(j, bson_type(j), tz);
 
 -- References (C5): ObjectId -> hex; 24-hex string -> lower-cased; embedded document -> its
--- `key` field, else `_id`, normalised again (two levels); anything else -> NULL. An ObjectId,
--- the usual reference, is read by one JSON call before the type is asked for.
+-- `key` field, else `_id`, normalised again (two levels); anything else -> NULL.
 CREATE OR REPLACE MACRO bson_ref_leaf_typed(j, t) AS CASE t
     WHEN 'objectId' THEN lower(json_extract_string(j, '$."$oid"'))
     WHEN 'string' THEN CASE WHEN regexp_full_match(json_extract_string(j, '$'), '[0-9a-fA-F]{24}') THEN lower(json_extract_string(j, '$')) END
@@ -125,10 +124,12 @@ CREATE OR REPLACE MACRO bson_ref_leaf_typed(j, t) AS CASE t
 CREATE OR REPLACE MACRO bson_ref_leaf(j) AS bson_ref_leaf_typed(j, bson_type(j));
 CREATE OR REPLACE MACRO bson_ref_inner(j) AS CASE
     WHEN bson_type(j) = 'object' THEN bson_ref_leaf(json_extract(j, '$._id')) ELSE bson_ref_leaf(j) END;
-CREATE OR REPLACE MACRO bson_ref_typed(j, key, t) AS coalesce(lower(json_extract_string(j, '$."$oid"')), CASE
+CREATE OR REPLACE MACRO bson_ref_typed(j, key, t) AS CASE
     WHEN t = 'object' THEN bson_ref_inner(coalesce(bson_nn(json_extract(j, '$."' || key || '"')), bson_nn(json_extract(j, '$._id'))))
-    ELSE bson_ref_leaf_typed(j, t) END);
-CREATE OR REPLACE MACRO bson_ref(j, key) AS bson_ref_typed(j, key, bson_type(j));
+    ELSE bson_ref_leaf_typed(j, t) END;
+-- Not given its type, an ObjectId (the usual reference) is read by one JSON call before the type
+-- is asked for: what the objectId branch returns whenever $oid is there.
+CREATE OR REPLACE MACRO bson_ref(j, key) AS coalesce(lower(json_extract_string(j, '$."$oid"')), bson_ref_typed(j, key, bson_type(j)));
 
 -- The staged `_id` of a document's `_id` value: ObjectId hex, else the value's own text.
 CREATE OR REPLACE MACRO bson_id(id) AS coalesce(bson_ref_leaf(id), bson_to_text(id), CAST(id AS VARCHAR));
