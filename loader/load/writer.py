@@ -137,8 +137,8 @@ def load(
             def needs(unit: list[Table]) -> set[Hashable]:
                 # Deleting a table's rows reads what the tables referencing it stage; a missing
                 # table only gets rows, as soon as it is derived.
-                waited = [d for t in unit for d in [t, *([] if t.name in new else (c for c, _ in _references_to(config, t)))]]
-                return {p for t in unit for p in t.parents} | {_derived_name(d.name) for d in waited}
+                children = {c.name for t in unit if t.name not in new for c, _ in _references_to(config, t)}
+                return {p for t in unit for p in t.parents} | {_derived_name(n) for n in {t.name for t in unit} | children}
 
             # New tables by their rows, so that the longest chain starts first; the others, and
             # every table while the transform runs alongside (its rows are not staged yet), in load order.
