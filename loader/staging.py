@@ -1,7 +1,8 @@
 """The staging area: the only interface between the stages.
 
     staging/
-      manifest.json                      every snapshot of every collection, in order (atomic writes)
+      manifest.json                      every snapshot of every collection, in order, and the
+                                         source's change-stream position per collection (atomic writes)
       snapshots/<collection>/<id>/       one snapshot of a collection:
           part-00000.parquet ...         documents: _id, creation_date, update_date, doc (Extended JSON)
           tombstones.parquet             _id of documents found deleted (delta snapshots)
@@ -173,6 +174,21 @@ class Staging:
         with self._manifest_lock:  # collections are staged in parallel threads
             manifest = self.read_manifest()
             manifest["collections"].setdefault(snapshot.collection, []).append(asdict(snapshot))
+            self._write_manifest(manifest)
+
+    def positions(self) -> dict[str, str]:
+        """Per collection, where the source's change stream stood before its last staged reads
+        (loader/extract/changes.py); a collection without one: unknown."""
+        return self.read_manifest().get("positions", {})
+
+    def record_position(self, collection: str, position: str | None) -> None:
+        with self._manifest_lock:
+            manifest = self.read_manifest()
+            positions = manifest.setdefault("positions", {})
+            if position is None:
+                positions.pop(collection, None)
+            else:
+                positions[collection] = position
             self._write_manifest(manifest)
 
     def discard_scratch(self) -> None:

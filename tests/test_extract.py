@@ -24,8 +24,13 @@ def db(mongo):
         yield client[f"extract_{next(_databases)}"]
 
 
-def stage(db, staging: Staging, name: str, ranges: int = 1, force_full: bool = False):
-    source = mongo.Source(db, name, name in db.list_collection_names(), batch_size=100)
+def stage(db, staging: Staging, name: str, ranges: int = 1, force_full: bool = False, stream: bool = False):
+    """One snapshot of the collection; with `stream`, as `loader extract` reads a server: with
+    what its change stream tells (else deletions are found by counting)."""
+    if stream:
+        [source] = mongo.server_sources(db, staging, [name], batch_size=100)
+    else:
+        source = mongo.Source(db, name, name in db.list_collection_names(), batch_size=100)
     return mongo.stage_collection(duck.connect(), staging, source, force_full, overlap_seconds=0, ranges=ranges)
 
 
@@ -111,6 +116,62 @@ def test_documents_read_again_at_the_watermark_are_recorded_only_when_changed(db
     delta = stage(db, staging, "items")
     assert delta.documents == 1 and len(staging.snapshots("items")) == 2
     assert staged_documents(staging, "items")[str(changed)]["n"] == 99
+
+
+def source_numbers(db, name: str) -> dict[str, int]:
+    return {str(d["_id"]): d["n"] for d in db[name].find()}
+
+
+def staged_numbers(staging: Staging, name: str) -> dict[str, int]:
+    return {_id: document["n"] for _id, document in staged_documents(staging, name).items()}
+
+
+def test_the_change_stream_tells_deletions_and_changes_without_a_timestamp(db, tmp_path, monkeypatch):
+    earlier = T0 - timedelta(hours=3)
+    db.items.insert_many(documents(6, creation_date=earlier, update_date=earlier) + documents(1, n=6))  # watermark T0
+    staging = Staging(tmp_path)
+    stage(db, staging, "items", stream=True)
+    assert "items" in staging.positions()
+    first, kept_stamp, put_back, *_ = [d["_id"] for d in db.items.find().sort("n")]
+    db.items.delete_one({"_id": first})
+    db.items.update_one({"_id": kept_stamp}, {"$set": {"n": 99}})
+    db.items.delete_one({"_id": put_back})
+    db.items.insert_one({"_id": put_back, "n": 42, "creation_date": earlier, "update_date": earlier})
+    db.items.insert_one({"n": 7})  # no timestamp at all
+    passing = db.items.insert_one({"n": 8}).inserted_id
+    db.items.delete_one({"_id": passing})  # never staged: no tombstone
+    monkeypatch.setattr(mongo.Source, "count", lambda self: pytest.fail("counted although the change stream tells"))
+    delta = stage(db, staging, "items", stream=True)
+    assert delta.deleted == 1 and delta.documents == 3, delta
+    assert staged_numbers(staging, "items") == source_numbers(db, "items")
+
+
+def test_without_a_readable_change_stream_position_deletions_are_counted(db, tmp_path, monkeypatch):
+    earlier = T0 - timedelta(hours=3)
+    db.items.insert_many(documents(4, creation_date=earlier, update_date=earlier) + documents(1, n=4))
+    staging = Staging(tmp_path)
+    stage(db, staging, "items", stream=True)
+    staging.record_position("items", json.dumps({"_data": "00"}))  # a position this server cannot resume from
+    db.items.delete_many({"n": {"$lt": 2}})
+    db.items.insert_one({"n": 7})  # no timestamp: the _id set tells it is missing
+    counted = []
+    monkeypatch.setattr(mongo.Source, "count", lambda self, count=mongo.Source.count: counted.append(1) or count(self))
+    delta = stage(db, staging, "items", stream=True)
+    assert counted and delta.deleted == 2 and delta.documents == 1, delta
+    assert staged_numbers(staging, "items") == source_numbers(db, "items")
+    assert staging.positions()["items"] != json.dumps({"_data": "00"}), "the next extract reads the stream again"
+
+
+def test_a_collection_dropped_since_is_compared_whole(db, tmp_path):
+    earlier = T0 - timedelta(hours=3)
+    db.items.insert_many(documents(3, creation_date=earlier, update_date=earlier) + documents(1, n=3))
+    staging = Staging(tmp_path)
+    stage(db, staging, "items", stream=True)
+    db.items.drop()
+    db.items.insert_many(documents(2, creation_date=earlier, update_date=earlier))  # before the watermark
+    delta = stage(db, staging, "items", stream=True)
+    assert delta.deleted == 4 and delta.documents == 2, delta
+    assert staged_numbers(staging, "items") == source_numbers(db, "items")
 
 
 def test_a_snapshot_staged_with_a_projection_is_replaced_by_a_full_one(db, tmp_path):

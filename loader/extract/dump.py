@@ -80,6 +80,8 @@ class DumpSource:
     name: str
     file: DumpFile | None  # None: the dump lacks the collection
     batch_size: int
+    changes: None = None  # a dump has no change stream: its snapshots are full,
+    position: None = None  # and a later extract from a server counts
 
     @property
     def exists(self) -> bool:

@@ -12,6 +12,9 @@ skip/limit.
 
 The first snapshot of a collection is full; later ones are deltas (documents stamped at or
 after the watermark, plus tombstones of deleted documents, MAPPING.md 5.2), see loader/staging.py.
+Deleted documents are told by the server's change stream where it keeps one
+(loader/extract/changes.py), else by counting the documents and, when the count says some are
+gone, comparing the `_id` sets.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
 from loader import duck
+from loader.extract import changes
+from loader.extract.changes import Changes
 from loader.progress import ProgressHook
 from loader.settings import Settings
 from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now, write_document_part
@@ -105,13 +110,19 @@ def extract(
     client = connect(settings)
     try:
         db = client[settings.mongodb_database]
-        existing = set(db.list_collection_names())
-        sources = [Source(db, name, name in existing, settings.batch_size) for name in collections]
+        sources = server_sources(db, staging, collections, settings.batch_size)
         return stage_in_parallel(settings, staging, sources, full, settings.extract_ranges, on_progress, on_staged)
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
     finally:
         client.close()
+
+
+def server_sources(db, staging: Staging, collections: list[str], batch_size: int) -> list[Source]:
+    """The collections as the extract reads them, each with what the change stream tells of it."""
+    existing = set(db.list_collection_names())
+    feed = changes.read(db, staging.positions(), collections)
+    return [Source(db, name, name in existing, batch_size, feed.changes.get(name), feed.positions[name]) for name in collections]
 
 
 def stage_in_parallel(settings: Settings, staging: Staging, sources: list[Source], full: set[str], ranges: int,
@@ -142,6 +153,8 @@ class Source:
     name: str
     exists: bool
     batch_size: int
+    changes: Changes | None = None  # since the collection's last extract; None: unknown (count)
+    position: str | None = None  # of the change stream, recorded once the collection is staged
 
     def read(self, query: dict, projection: dict | None = None) -> Iterator[list[RawBSONDocument]]:
         if not self.exists:
@@ -197,9 +210,9 @@ def stage_collection(
     started, clock = utc_now(), time.perf_counter()
     scratch = staging.begin_snapshot(source.name, snapshot_id)
     full, since, _ = next_snapshot(staging, source.name, force_full, overlap_seconds)
-    # The count serves the deletion check, the range split and the progress total; a full
-    # snapshot without those does not ask (some servers scan for it).
-    count = source.count() if not full or ranges > 1 or on_progress else 0
+    # The count serves a full snapshot's range split and progress total, and the deletion check
+    # of a delta the change stream does not tell; it is not asked otherwise (some servers scan for it).
+    count = source.count() if (ranges > 1 or on_progress if full else source.changes is None) else 0
     if not full:
         queries = delta_queries(since) if since else [{}]
     elif ranges > 1 and count >= PARALLEL_MIN_DOCUMENTS:
@@ -215,7 +228,12 @@ def stage_collection(
             rejects += found
     if full:
         writers[0].close(keep_empty=True)
-    deleted = 0 if full else _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
+    if full:
+        deleted = 0
+    elif source.changes is not None:
+        deleted = _apply_changes(con, staging, source, scratch, writers, rejects, hook)
+    else:
+        deleted = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
     parts = [p for w in writers for p in w.parts]
     if not full:
         parts = _without_unchanged(con, staging, source.name, parts)
@@ -246,6 +264,7 @@ def stage_collection(
             compact(con, staging, source.name)
     else:
         shutil.rmtree(scratch)
+    staging.record_position(source.name, source.position)
     return snapshot
 
 
@@ -266,7 +285,9 @@ def next_snapshot(staging: Staging, name: str, force_full: bool, overlap_seconds
     if reason:
         return True, None, f"full ({reason})"
     since = _delta_start(staging.watermark(name), overlap_seconds)
-    return False, since, f"delta since {since.isoformat()}" if since else "delta (no timestamp staged yet: every document)"
+    deletions = "change stream" if name in staging.positions() else "document count"
+    read = f"delta since {since.isoformat()}" if since else "delta (no timestamp staged yet: every document)"
+    return False, since, f"{read}; deletions: {deletions}"
 
 
 def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None:
@@ -276,16 +297,40 @@ def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None
     return datetime.fromisoformat(watermark).replace(tzinfo=timezone.utc) - timedelta(seconds=overlap_seconds)
 
 
+def _apply_changes(con, staging: Staging, source: Source, scratch: Path, writers: list[_PartWriter],
+                   rejects: list[Reject], hook: ProgressHook) -> int:
+    """Tombstones and missed documents from the change stream's events: a document last
+    inserted, updated or replaced that the delta did not read is fetched (a change that set no
+    timestamp; one gone since is told by the next extract's events); one last deleted is
+    tombstoned if it is staged and the delta did not read it again."""
+    if source.changes.touched:
+        touched = _event_ids(con, "touched", source.changes.touched, rejects)
+        missed = [json_util.loads(doc)["_id"] for (doc,) in con.execute(
+            f"SELECT doc FROM ({touched}) WHERE _id NOT IN ({_read_ids(writers)})").fetchall()]
+        _fetch(source, missed, writers[-1], rejects, hook)
+    if not source.changes.deleted:
+        return 0
+    deleted = _event_ids(con, "deleted", source.changes.deleted, rejects)
+    return _write_tombstones(con, f"SELECT _id FROM ({staging.view_sql(source.name)}) "
+                                  f"WHERE _id IN (SELECT _id FROM ({deleted})) AND _id NOT IN ({_read_ids(writers)})", scratch)
+
+
+def _event_ids(con, name: str, keys: list[bytes], rejects: list[Reject]) -> str:
+    """A query of the change stream's `_id`s (documents {"_id": value}) as the staging holds them
+    (`_id`) and as Extended JSON (`doc`), registered in this thread's DuckDB cursor as `name`."""
+    documents = _to_extended_json([RawBSONDocument(key) for key in keys], rejects)
+    con.register(name, pa.table({"doc": pa.array(documents, pa.large_string())}))
+    return f"SELECT bson_id(json_extract(doc, '$._id')) AS _id, doc FROM {name}"
+
+
 def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch: Path, writers: list[_PartWriter],
                       rejects: list[Reject], hook: ProgressHook) -> int:
-    """Tombstones for documents gone from the source. Counting is enough when nothing was
-    deleted: the source must hold the staged live documents plus the new ones of this delta.
-    Otherwise the _id set is read (ids.parquet) and compared; documents the delta missed
-    because they carry no timestamp are fetched as well."""
+    """Tombstones for documents gone from the source, without a change stream. Counting is
+    enough when nothing was deleted: the source must hold the staged live documents plus the new
+    ones of this delta. Otherwise the _id set is read (ids.parquet) and compared; documents the
+    delta missed because they carry no timestamp are fetched as well."""
     view = staging.view_sql(source.name)
-    parts = [p for w in writers for p in w.parts]
-    read = f"SELECT _id FROM {duck.parquet_source(parts)}" if parts else NO_IDS
-    writer = writers[-1]
+    read = _read_ids(writers)
     staged, new = con.execute(
         f"SELECT (SELECT count(*) FROM ({view})), (SELECT count(*) FROM ({read}) ANTI JOIN ({view}) USING (_id))"
     ).fetchall()[0]
@@ -302,14 +347,29 @@ def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch
             f"SELECT doc FROM {duck.parquet_source(ids.parts)} WHERE _id NOT IN ({known})"
         ).fetchall()
     ]
-    for start in range(0, len(unseen), source.batch_size):
-        for documents in source.read({"_id": {"$in": unseen[start:start + source.batch_size]}}):
+    _fetch(source, unseen, writers[-1], rejects, hook)
+    return _write_tombstones(con, f"SELECT _id FROM ({view}) ANTI JOIN {duck.parquet_source(ids.parts)} USING (_id)", scratch)
+
+
+def _read_ids(writers: list[_PartWriter]) -> str:
+    """A query of the _id of the documents the writers hold so far."""
+    parts = [p for w in writers for p in w.parts]
+    return f"SELECT _id FROM {duck.parquet_source(parts)}" if parts else NO_IDS
+
+
+def _fetch(source: Source, ids: list, writer: _PartWriter, rejects: list[Reject], hook: ProgressHook) -> None:
+    """Read the documents of these _id values (those still in the source) into the writer."""
+    for start in range(0, len(ids), source.batch_size):
+        for documents in source.read({"_id": {"$in": ids[start:start + source.batch_size]}}):
             writer.add_all(_to_extended_json(documents, rejects))
             hook.advance(source.name, len(documents))
     writer.close()
+
+
+def _write_tombstones(con, ids: str, scratch: Path) -> int:
+    """The _id of the query `ids` as the snapshot's tombstones; returns how many (no file if none)."""
     tombstones = scratch / "tombstones.parquet"
-    duck.run(con, f"COPY (SELECT _id FROM ({view}) ANTI JOIN {duck.parquet_source(ids.parts)} USING (_id) ORDER BY _id) "
-                  f"TO {duck.sql_literal(str(tombstones))} (FORMAT parquet)")
+    duck.run(con, f"COPY ({ids} ORDER BY _id) TO {duck.sql_literal(str(tombstones))} (FORMAT parquet)")
     deleted = con.execute(f"SELECT count(*) FROM read_parquet({duck.sql_literal(str(tombstones))})").fetchall()[0][0]
     if not deleted:
         tombstones.unlink()
