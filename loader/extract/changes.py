@@ -6,6 +6,10 @@ its reads (staging manifest, `positions`). The next extract reads the stream fro
 end, once for all the collections recorded at the same position, and gives each collection the
 `_id`s whose last event deleted the document (its tombstones) and those inserted, updated or
 replaced (fetched when the delta queries missed them: a change that set no timestamp).
+The stream is read until the server returns an empty batch, and the position recorded next is
+where the read stopped (the last batch's resume token): an event the server had not delivered by
+then (a write during the extract, or events a server holds back past its await time) is read by
+the next extract, never skipped.
 
 A collection gets no Changes, and its deletions are found by counting (mongo._detect_deletions),
 when no position is recorded for it (its first delta, a snapshot staged from a dump), when the
