@@ -202,7 +202,7 @@ def plan(
     table: Tables = None, config: ConfigPath = None, staging: StagingDir = None, env_file: EnvFile = None,
     postgres_host: PgHost = None, postgres_port: PgPort = None, postgres_database: PgDatabase = None,
     postgres_user: PgUser = None, postgres_password: PgPassword = None, schema: PgSchema = None,
-    timezone: Timezone = None, force_reimport: ForceReimport = False,
+    timezone: Timezone = None, force_reimport: ForceReimport = False, from_dump: FromDump = None,
 ) -> None:
     """Dry run: what the next `loader run` would extract, re-derive and load (nothing is written)."""
     settings, cfg, tables = _prepare(
@@ -210,7 +210,7 @@ def plan(
         postgres_database=postgres_database, postgres_user=postgres_user, postgres_password=postgres_password,
         schema=schema, timezone=timezone,
     )
-    pipeline.show_plan(settings, cfg, tables, force=_forced(tables, force_reimport, False)[0])
+    pipeline.show_plan(settings, cfg, tables, force=_forced(tables, force_reimport, False)[0], dump=from_dump)
 
 
 @app.command()

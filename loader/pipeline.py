@@ -155,20 +155,25 @@ def _fail_pending(futures: Mapping[str, Future], exc: BaseException) -> None:
             future.set_exception(exc)
 
 
-def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING) -> None:
-    """Print what the next run would do, reading only the staging area and PostgreSQL's sync state."""
+def show_plan(settings: Settings, config: Config, tables: list[Table], force: frozenset[str] = NOTHING,
+              dump: Path | None = None) -> None:
+    """Print what the next run (from the mongodump at `dump`, if given) would do, reading only the
+    staging area and PostgreSQL's sync state."""
     staging = Staging(settings.staging_dir)
-    full = _full_extracts(config, tables, force)
-    collections = {
-        name: mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)[2]
-        for name in sorted(config.collections(tables))
-    }
+    names = sorted(config.collections(tables))
+    if dump is None:
+        full = _full_extracts(config, tables, force)
+        collections = {name: mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)[2]
+                       for name in names}
+    else:
+        collections = dict.fromkeys(names, f"full (from the dump {dump})")
     try:
         with tunnel.opened(settings, mongodb=False) as settings:
             loads = writer.plan(settings, staging, tables, force)
     except (writer.DestinationError, tunnel.TunnelError):
         loads = None
-    for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force), loads):
+    restaged = frozenset(names) if dump is not None else frozenset()
+    for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force, restaged), loads):
         report.console.print(listing)
 
 

@@ -155,6 +155,12 @@ def test_run_from_a_dump_loads_what_a_run_from_the_server_loads(source, dumps, p
     assert sum(sum(rows.values()) for rows in expected.values()) > 0
     problems = differences(table_contents(from_dump), expected)
     assert not problems, "loaded from the dump (+) and from the server (-) differ:\n" + "\n".join(problems)
+    # What the next run from a dump would do: every collection staged whole, every table re-derived.
+    plan = run_loader("plan", "--staging", str(from_dump.staging), "--from-dump", str(dumps["gzipped archive"]),
+                      env=from_dump.env)
+    assert plan.returncode == 0, plan.stderr
+    assert "full (from the dump" in plan.stdout and "delta since" not in plan.stdout
+    assert "full (new full snapshot of" in plan.stdout and "incremental" not in plan.stdout
 
 
 def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_load(source, dumps, postgres, target, tmp_path):

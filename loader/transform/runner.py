@@ -74,10 +74,16 @@ def transform(settings: Settings, staging: Staging, tables: list[Table],
     return run.groups(_groups(tables), settings.transform_workers, staged or {}, on_derived, abort)
 
 
-def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset()) -> dict[str, str]:
-    """What the next transform would do per table: full (and why) or incremental."""
+def plan(settings: Settings, staging: Staging, tables: list[Table], force: frozenset[str] = frozenset(),
+         restaged: frozenset[str] = frozenset()) -> dict[str, str]:
+    """What the next transform would do per table, once the collections `restaged` have a new
+    full snapshot: full (and why) or incremental."""
     run = _Run(None, settings, staging, force)
-    return {t.name: (f"full ({reason})" if (reason := run.full_reason(t)) else INCREMENTAL) for t in tables}
+
+    def reason(table: Table) -> str | None:
+        return run.full_reason(table) or next((f"new full snapshot of {c}" for c in table.sources() if c in restaged), None)
+
+    return {t.name: (f"full ({why})" if (why := reason(t)) else INCREMENTAL) for t in tables}
 
 
 def _staged_name(collection: str) -> tuple[str, str]:
