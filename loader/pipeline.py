@@ -161,8 +161,8 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
     staging area and PostgreSQL's sync state."""
     staging = Staging(settings.staging_dir)
     names = sorted(config.collections(tables))
+    full = set(names) if dump is not None else _full_extracts(config, tables, force)  # staged whole next
     if dump is None:
-        full = _full_extracts(config, tables, force)
         collections = {name: mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)[2]
                        for name in names}
     else:
@@ -172,8 +172,7 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
             loads = writer.plan(settings, staging, tables, force)
     except (writer.DestinationError, tunnel.TunnelError):
         loads = None
-    restaged = frozenset(names) if dump is not None else frozenset()
-    for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force, restaged), loads):
+    for listing in report.plan_listing(collections, runner.plan(settings, staging, tables, force, frozenset(full)), loads):
         report.console.print(listing)
 
 
