@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
-from conftest import connect, fetch_rows, run_loader, start_loader
+from conftest import ROOT, connect, fetch_rows, run_loader, start_loader
 from test_incremental import BACKEND_EXIT_TIMEOUT, wait_until_gone, waiting_backend
 
 NO_MONGODB = {"MONGODB_URL": "mongodb://127.0.0.1:9", "CONNECT_TIMEOUT": "1"}
@@ -50,6 +50,15 @@ def test_plan_and_snapshots_describe_the_next_run(source, target, tmp_path):
     assert "deletions: change stream" in after.stdout  # SecantusDB keeps one; the run recorded its position
     forced = run_loader("plan", "--staging", str(staging), "--table", "users", "--force-reimport", env=env)
     assert "full (forced)" in forced.stdout
+    # users forced in the mapping: its collection is staged whole, so user_events, which reads it
+    # and is not forced, is re-derived whole too.
+    mapping = (ROOT / "config" / "schemas.yaml").read_text()
+    forced_config = tmp_path / "forced.yaml"
+    forced_config.write_text(mapping.replace("\n  users:\n", "\n  users:\n    force_reimport: true\n", 1))
+    by_config = run_loader("plan", "--staging", str(staging), "--config", str(forced_config),
+                           "--table", "users", "--table", "user_events", env=env)
+    assert by_config.returncode == 0, by_config.stderr
+    assert "full (new full snapshot of users)" in by_config.stdout, by_config.stdout
 
     listing = run_loader("snapshots", "--staging", str(staging), env=env)
     assert listing.returncode == 0, listing.stderr
