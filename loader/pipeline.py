@@ -163,8 +163,13 @@ def show_plan(settings: Settings, config: Config, tables: list[Table], force: fr
     names = sorted(config.collections(tables))
     full = set(names) if dump is not None else _full_extracts(config, tables, force)  # staged whole next
     if dump is None:
-        collections = {name: mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)[2]
-                       for name in names}
+        positions = staging.positions()
+
+        def next_extract(name: str) -> str:
+            whole, _, what = mongo.next_snapshot(staging, name, name in full, settings.watermark_overlap_seconds)
+            return what if whole else f"{what}; deletions: {'change stream' if name in positions else 'document count'}"
+
+        collections = {name: next_extract(name) for name in names}
     else:
         collections = dict.fromkeys(names, f"full (from the dump {dump})")
     try:

@@ -285,9 +285,7 @@ def next_snapshot(staging: Staging, name: str, force_full: bool, overlap_seconds
     if reason:
         return True, None, f"full ({reason})"
     since = _delta_start(staging.watermark(name), overlap_seconds)
-    deletions = "change stream" if name in staging.positions() else "document count"
-    read = f"delta since {since.isoformat()}" if since else "delta (no timestamp staged yet: every document)"
-    return False, since, f"{read}; deletions: {deletions}"
+    return False, since, f"delta since {since.isoformat()}" if since else "delta (no timestamp staged yet: every document)"
 
 
 def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None:
