@@ -185,6 +185,8 @@ class Staging:
         with self._manifest_lock:
             manifest = self.read_manifest()
             positions = manifest.setdefault("positions", {})
+            if positions.get(collection) == position:
+                return  # nothing to write (a dump's collections have none, and keep none)
             if position is None:
                 positions.pop(collection, None)
             else:
