@@ -7,8 +7,10 @@
           part-00000.parquet ...         documents: _id, creation_date, update_date, doc (Extended JSON)
           tombstones.parquet             _id of documents found deleted (delta snapshots)
           rejects.parquet                documents that could not be decoded (if any)
-      derived/<table>.parquet            per source unit (document, parent, candidate): its typed
+      derived/<table>/                   per source unit (document, parent, candidate): its typed
                                          rows and dropped records, before foreign keys and merging
+          base-<gen>.parquet             every unit, as of the generation's last whole write
+          delta-<gen>-<seq>.parquet      the units re-derived by one incremental transform
       tables/<table>.parquet             transform output: every row the table must hold
       issues/<table>.parquet             rejects, skips and warnings of those rows, with reasons
       transform.json                     per table: counts, the snapshots consumed, the output state
@@ -133,8 +135,8 @@ class Staging:
     def snapshot_dir(self, collection: str, snapshot_id: str) -> Path:
         return self.root / "snapshots" / collection / snapshot_id
 
-    def derived_file(self, table: str) -> Path:
-        return self.root / "derived" / f"{table}.parquet"
+    def derived_rows(self, table: str) -> DerivedRows:
+        return DerivedRows(self.root / "derived" / table)
 
     def table_file(self, table: str) -> Path:
         return self.root / "tables" / f"{table}.parquet"
@@ -312,6 +314,64 @@ SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
         if not self.transform_report_path.exists():
             return {}
         return json.loads(self.transform_report_path.read_text(encoding="utf-8")).get("tables", {})
+
+
+@dataclass(frozen=True)
+class DerivedRows:
+    """A table's derived rows, kept as a base plus deltas (like the snapshots) so that an
+    incremental transform writes only the units it re-derived. A delta holds those units' rows
+    and one marker row per unit (`_replaces`: the unit, every other column NULL), as a unit may
+    have no rows left. The current rows: the base's units that no delta replaces, plus each other
+    unit's rows in the latest delta replacing it. A new base starts a new generation (atomically:
+    the base file is renamed into place); the files of older generations no longer count."""
+    directory: Path
+
+    def exists(self) -> bool:
+        return self._generation() is not None
+
+    def base(self) -> Path:
+        return self.directory / f"base-{self._generation():06d}.parquet"
+
+    def deltas(self) -> list[Path]:
+        return sorted(self.directory.glob(f"delta-{self._generation():06d}-*.parquet"))
+
+    def next_base(self) -> Path:
+        return self.directory / f"base-{(self._generation() or 0) + 1:06d}.parquet"
+
+    def next_delta(self) -> Path:
+        return self.directory / f"delta-{self._generation():06d}-{len(self.deltas()) + 1:06d}.parquet"
+
+    def current_sql(self) -> str:
+        base = f"SELECT * FROM read_parquet({sql_literal(str(self.base()))})"
+        deltas = self.deltas()
+        if not deltas:
+            return base
+        return f"""
+WITH deltas AS (SELECT * FROM read_parquet([{', '.join(sql_literal(str(p)) for p in deltas)}], filename = true, union_by_name = true)),
+latest AS (SELECT _replaces AS _unit, max(filename) AS filename FROM deltas WHERE _replaces IS NOT NULL GROUP BY ALL)
+SELECT b.* FROM ({base}) b ANTI JOIN latest USING (_unit)
+UNION ALL BY NAME
+SELECT d.* EXCLUDE (_replaces, filename) FROM deltas d SEMI JOIN latest USING (_unit, filename)"""
+
+    def rows(self) -> tuple[int, int]:
+        """Rows of the base, and of the deltas (markers included)."""
+        return _parquet_rows([self.base()]), _parquet_rows(self.deltas())
+
+    def _generation(self) -> int | None:
+        bases = [int(path.stem.removeprefix("base-")) for path in self.directory.glob("base-*.parquet")]
+        return max(bases, default=None)
+
+    def remove_older_generations(self) -> None:
+        current = {self.base(), *self.deltas()}
+        for path in self.directory.glob("*.parquet"):
+            if path not in current:
+                path.unlink(missing_ok=True)
+        # The single file of staging areas written before derived/<table>/ (read by nothing now).
+        self.directory.with_name(f"{self.directory.name}.parquet").unlink(missing_ok=True)
+
+
+def _parquet_rows(paths: list[Path]) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
 class StagingError(Exception):

@@ -7,7 +7,8 @@ Per table, in load order:
   2. the strategy's SQL file selects the records of those units: one small JSON document per
      future row, or a record without row (`_dropped`: a skip or a warning);
   3. the typing step converts and checks every column (loader/transform/typing.py); typed rows
-     and dropped records replace the units' previous ones in staging/derived/<table>.parquet;
+     and dropped records replace the units' previous ones in staging/derived/<table>/ (a delta
+     with the re-derived units, or a new base when re-derived whole);
   4. over every derived row of the table: foreign keys are checked against the parent tables'
      staged rows (C10: a dangling nullable reference is nulled with a warning, a dangling
      required one rejects the row) and UPSERT-KEY rows are merged per key (5.5);
@@ -36,7 +37,7 @@ from loader.duck import sql_literal
 from loader.parallel import in_dependency_order
 from loader.reasons import REJECT, SKIP, WARNING, kind_sql
 from loader.settings import Settings
-from loader.staging import DOCUMENT_COLUMNS, Staging, utc_now, write_document_part
+from loader.staging import DOCUMENT_COLUMNS, DerivedRows, Staging, utc_now, write_document_part
 from loader.transform.typing import TransformError, carried_columns, staged_columns, typed_rows_sql
 
 SQL_DIR = files("loader.transform").joinpath("sql")
@@ -45,6 +46,10 @@ SQL_DIR = files("loader.transform").joinpath("sql")
 # Bump when a change of the SQL or the typing changes derived rows: every table is re-derived.
 DERIVATION_VERSION = 3
 FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
+# The derived rows of a table are compacted into one base when their deltas hold more rows than
+# this share of the base, or number more than MAX_DERIVED_DELTAS.
+COMPACT_DELTA_SHARE = 0.25
+MAX_DERIVED_DELTAS = 16
 
 
 @dataclass
@@ -163,7 +168,7 @@ class _Run:
         state = self.state.get(table.name)
         if table.is_forced(self.force):
             return "forced"
-        if not state or not self.staging.derived_file(table.name).exists():
+        if not state or not self.staging.derived_rows(table.name).exists():
             return "first transform"
         if state.get("fingerprint") != self.fingerprint(table):
             return "mapping or time zone changed"
@@ -224,32 +229,44 @@ class _Run:
     def _table(self, table: Table, values: dict[str, str], units: str | None) -> TableResult:
         clock = time.perf_counter()
         name = table.name
-        derived_file = self.staging.derived_file(name)
+        rows = self.staging.derived_rows(name)
         derived_changed = True
         documents = 0
         if units is None or self._count(units):
             new = self._derive(table, values)
             documents = self._count(units) if units else self._count(f"({table.strategy.units_sql.format(**values)})")
             if units is None:
-                derived = f"SELECT * FROM {new}"
+                derived = new
             else:
-                old = _read(derived_file)
-                derived_changed = self._differs(new, f"SELECT * FROM {old} WHERE _unit IN (SELECT _id FROM {units})")
-                derived = f"SELECT * FROM {old} WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new}"
-            if derived_changed:
-                duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE derived AS {derived}")
+                old = rows.current_sql()
+                derived_changed = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
             derived_changed = False
         mode = FULL if units is None else INCREMENTAL if derived_changed else UNCHANGED
         if derived_changed or self._outputs_stale(table):
-            source = "derived" if derived_changed else _read(derived_file)
-            # Outputs first, derived state last: a crash in between re-derives the same units.
-            self._finish(table, source)
-            if derived_changed:
-                _copy_atomically(self.con, "SELECT * FROM derived", derived_file)
+            # Outputs first, derived rows last: a crash in between re-derives the same units.
+            self._finish(table, derived if derived_changed else f"({rows.current_sql()})")
+            if units is None:
+                self._write_base(rows, f"SELECT * FROM {new}")
+            elif derived_changed:
+                _copy_atomically(self.con, f"SELECT * FROM {new} UNION ALL BY NAME SELECT _id AS _replaces FROM {units}", rows.next_delta())
+                self._compact_if_due(rows)
         result = self._counts(table, mode, documents)
         result.seconds = round(time.perf_counter() - clock, 3)
         return result
+
+    def _write_base(self, rows: DerivedRows, query: str) -> None:
+        """A new generation of the derived rows, holding every unit."""
+        _copy_atomically(self.con, query, rows.next_base())
+        rows.remove_older_generations()
+
+    def _compact_if_due(self, rows: DerivedRows) -> None:
+        """Rewrite the derived rows as one base once the deltas hold a fair share of its rows (or
+        are many): reading them costs each incremental transform more than a rewrite once."""
+        base, deltas = rows.rows()
+        if deltas > COMPACT_DELTA_SHARE * base or len(rows.deltas()) > MAX_DERIVED_DELTAS:
+            self._write_base(rows, rows.current_sql())
 
     def _untouched(self, tables: list[Table], consumed: dict[str, str]) -> bool:
         """No snapshot since the tables' last transform and no parent rewritten since: their
@@ -273,7 +290,7 @@ class _Run:
         values = self._placeholders(table, {}) | {
             **{f"changed_{c}": relation for c, relation in changed.items()},
             "changed": "(" + " UNION ALL ".join(f"SELECT * FROM {r}" for r in own) + ")",
-            "derived": _read(self.staging.derived_file(table.name)),
+            "derived": f"({self.staging.derived_rows(table.name).current_sql()})",
         }
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE units AS SELECT DISTINCT _id FROM ({sql_file(table.strategy.select, values)}) WHERE _id IS NOT NULL")
         return "units"
