@@ -513,12 +513,15 @@ def _identity_check_sql(table: Table, checked: str) -> str:
     if table.latest_columns or not table.identity:
         return checked
     key = ", ".join(q(c) for c in table.identity)
-    window = f"OVER (PARTITION BY {key})"
-    accepted = "FILTER (WHERE _problem IS NULL)"
-    value = " || ' | ' || ".join(f"CAST({q(c)} AS VARCHAR)" for c in table.identity)
-    return f"""SELECT * REPLACE (coalesce(_problem, CASE WHEN _problem IS NULL AND count(*) {accepted} {window} > 1
+    same = " AND ".join(f"c.{q(c)} IS NOT DISTINCT FROM d.{q(c)}" for c in table.identity)
+    value = " || ' | ' || ".join(f"CAST(c.{q(c)} AS VARCHAR)" for c in table.identity)
+    # The shared identities found by a grouping joined back: a window over the identity sorts
+    # every row (a third of the checks' time on the largest tables).
+    return f"""WITH c AS MATERIALIZED ({checked}),
+d AS (SELECT {key}, true AS _shared FROM c WHERE _problem IS NULL GROUP BY ALL HAVING count(*) > 1)
+SELECT c.* REPLACE (coalesce(c._problem, CASE WHEN c._problem IS NULL AND d._shared
               THEN {{'column': {sql_literal(table.identity[0])}, 'reason': 'duplicate_key', 'value': {value}}} END) AS _problem)
-FROM ({checked})"""
+FROM c LEFT JOIN d ON {same}"""
 
 
 def _accepted_rows_sql(table: Table, checked: str) -> str:
