@@ -11,6 +11,8 @@
                                          rows and dropped records, before foreign keys and merging
           base-<gen>.parquet             every unit, as of the generation's last whole write
           delta-<gen>-<seq>.parquet      the units re-derived by one incremental transform
+      derived/_references/<collection>/  the same for the 24-hex tokens of every document (the
+                                         logbook moments' selection follows references by them)
       tables/<table>.parquet             transform output: every row the table must hold
       issues/<table>.parquet             rejects, skips and warnings of those rows, with reasons
       transform.json                     per table: counts, the snapshots consumed, the output state
@@ -137,6 +139,11 @@ class Staging:
 
     def derived_rows(self, table: str) -> DerivedRows:
         return DerivedRows(self.root / "derived" / table)
+
+    def references(self, collection: str) -> DerivedRows:
+        """The 24-hex tokens of every document of a collection (_unit, ref), kept for the select
+        SQL of a strategy that names the collection in its `references`."""
+        return DerivedRows(self.root / "derived" / "_references" / collection)
 
     def table_file(self, table: str) -> Path:
         return self.root / "tables" / f"{table}.parquet"

@@ -51,6 +51,10 @@ class Strategy:
     # restricted to those, the `lookups` collections are read whole.
     select: str = "select_changed.sql"
     lookups: tuple[str, ...] = ()
+    # Collections whose documents' 24-hex tokens the select SQL reads as {references_<collection>}
+    # (_unit: the document, ref): kept in staging/derived/_references/<collection>/ and brought up
+    # to date with the changed documents, rather than found again in every document each run.
+    references: tuple[str, ...] = ()
     # Query of every unit of a full run (counted as the table's source documents).
     units_sql: str = "SELECT _id FROM {src}"
     # The column of the table holding the unit's key when it is not the row's identity
@@ -117,6 +121,7 @@ _MOMENT_SOURCES = {
 _MOMENT_UNITS = dict(
     select="select_moments.sql",
     lookups=tuple(c for c in _MOMENT_SOURCES if c != "userquizzs"),
+    references=("userquizzquestions", "userquizzs"),
     units_sql="SELECT id AS _id FROM moment_candidates",
 )
 

@@ -264,7 +264,7 @@ class Dataset:
 # --------------------------------------------------------------------------- six rounds of changes
 
 def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres, tmp_path):
-    """Six rounds of source changes; after each, `loader run` on the kept staging directory gives
+    """Eight rounds of source changes; after each, `loader run` on the kept staging directory gives
     database A exactly the rows of a full rebuild B of the current source."""
     source, db = generated_source, generated_source.db
     clock, pick, generated = Clock(source.data), Picker(source.data), Dataset(source.data)
@@ -428,6 +428,20 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
 
     reference, _ = synchronise("step 6 (last answers of moments removed)")
     assert not {str(dinner["_id"]), str(breakfast["_id"])} & reference.ids("users_logbooks_moments")
+
+    # Steps 7 and 8 - a question added to step 4's "Dîner" userquizz, unanswered (the userquizz
+    # changes, no moment yet), then answered (only the question changes, 4.7 rule 2): the moment
+    # comes back. Step 8 finds the userquizz listing the question by the references kept since
+    # step 7, not by those of the first run.
+    added = new_document(clock(), quizz_question=dinner_question["quizz_question"])
+    db.userquizzquestions.insert_one(added)
+    db.userquizzs.update_one({"_id": dinner["_id"]}, {"$push": {"questions": added["_id"]}, "$set": {"update_date": clock()}})
+    synchronise("step 7 (a question added to a logbook userquizz)")
+    stamp(db, "userquizzquestions", added["_id"], clock(), text_answer="Soupe au pistou")
+
+    reference, _ = synchronise("step 8 (the added question answered)")
+    assert reference.query("SELECT answer FROM users_logbooks_moments_details WHERE id = %s",
+                           str(added["_id"])) == [("Soupe au pistou",)]
     # The incremental transforms wrote only the units they re-derived, as deltas of the derived rows:
     # the comparisons above read tables whose units several deltas replaced in turn.
     deltas = {t: len(Staging(a.staging).derived_rows(t).deltas()) for t in MAPPED_TABLES}

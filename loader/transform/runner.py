@@ -190,7 +190,11 @@ class _Run:
             for table, result in zip(tables, results):
                 self._record(table, result, consumed)
             return results
-        units = None if full else self._select_units(first)
+        if full:
+            units = None
+            self._rewrite_references(first)
+        else:
+            units = self._select_units(first)
         views, unit_parts = self._source_views(first, units)
         try:
             values = self._placeholders(first, views)
@@ -291,13 +295,14 @@ class _Run:
             **{f"changed_{c}": relation for c, relation in changed.items()},
             "changed": "(" + " UNION ALL ".join(f"SELECT * FROM {r}" for r in own) + ")",
             "derived": f"({self.staging.derived_rows(table.name).current_sql()})",
+            **{f"references_{c}": self._references(c, changed[c]) for c in table.strategy.references},
         }
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE units AS SELECT DISTINCT _id FROM ({sql_file(table.strategy.select, values)}) WHERE _id IS NOT NULL")
         return "units"
 
     def _changed(self, collection: str, consumed: str) -> str:
-        """A relation of the old and new versions (_id, doc) of the documents changed since
-        snapshot `consumed` (an _id without version: created and deleted in between)."""
+        """A relation of the new and old versions (_id, doc, _current) of the documents changed
+        since snapshot `consumed` (an _id without version: created and deleted in between)."""
         key = (collection, consumed)
         with self._lock:  # shared by the tables reading the collection (a table, not temporary)
             if key not in self.changed:
@@ -309,10 +314,35 @@ class _Run:
         duck.run(self.con, f"""
 CREATE TABLE {relation} AS
 WITH ids AS ({ids})
-SELECT _id, doc FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM ids)
+SELECT _id, doc, true AS _current FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM ids)
 UNION ALL
-SELECT _id, doc FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
+SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
         return relation
+
+    def _references(self, collection: str, changed: str) -> str:
+        """A relation (_unit, ref) of the 24-hex tokens of every current document of the
+        collection: the kept ones, but those of the changed documents found again (and kept as a
+        delta); found in every document when none are kept."""
+        store = self.staging.references(collection)
+        relation = q(f"references_{collection}")
+        if not store.exists():
+            duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE {relation} AS {_references_sql(q('src_' + collection))}")
+            self._write_base(store, f"SELECT * FROM {relation}")
+            return relation
+        found = _references_sql(f"(SELECT * FROM {changed} WHERE _current)")
+        duck.run(self.con, f"""
+CREATE OR REPLACE TEMP TABLE {relation} AS
+SELECT * FROM ({store.current_sql()}) ANTI JOIN (SELECT _id AS _unit FROM {changed}) USING (_unit)
+UNION ALL {found}""")
+        _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
+        self._compact_if_due(store)
+        return relation
+
+    def _rewrite_references(self, table: Table) -> None:
+        """The kept tokens of the collections the table's select SQL reads, as of a full
+        transform (which consumes every snapshot so far)."""
+        for collection in table.strategy.references:
+            self._write_base(self.staging.references(collection), _references_sql(q("src_" + collection)))
 
     def _source_views(self, table: Table, units: str | None) -> tuple[dict[str, str], list[Path]]:
         """Collection -> relation the strategy SQL reads: the unit documents only, in an
@@ -452,6 +482,12 @@ def sql_file(name: str, values: dict[str, str]) -> str:
 
 def _read(path: Path) -> str:
     return f"read_parquet({sql_literal(str(path))})"
+
+
+def _references_sql(documents: str) -> str:
+    """The 24-hex tokens (an ObjectId or a hex string, C5) of each document: a superset of its
+    references, which only costs a few extra candidates."""
+    return f"SELECT _id AS _unit, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref FROM {documents}"
 
 
 def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:

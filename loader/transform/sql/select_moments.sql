@@ -3,7 +3,8 @@
 -- a question's template (title) and option items (answer texts), and whether the candidate's
 -- users_logbook row exists (a moment without it is skipped as no_users_logbook_match).
 -- References are found as 24-hex tokens of the stored documents (ObjectId or hex string, C5):
--- a superset of the real links, which only costs a few extra candidates. A template reaches
+-- a superset of the real links, which only costs a few extra candidates; the tokens of every user
+-- question and userquizz are kept between runs (Strategy.references). A template reaches
 -- its (many) questions only when its title, the one field read from it, changed, or when it
 -- appeared or disappeared.
 WITH retitled_templates AS (
@@ -12,8 +13,7 @@ WITH retitled_templates AS (
     HAVING count(*) = 1 OR count(DISTINCT bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title'))) > 1
 ),
 question_refs AS (   -- user question -> the templates and items it mentions
-    SELECT _id AS question_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
-    FROM {src_userquizzquestions}
+    SELECT _unit AS question_id, ref FROM {references_userquizzquestions}
 ),
 touched_questions AS (
     SELECT _id AS question_id FROM {changed_userquizzquestions}                                    -- rule 2
@@ -24,8 +24,7 @@ touched_questions AS (
     WHERE ref IN (SELECT _id FROM retitled_templates UNION SELECT _id FROM {changed_items})
 ),
 quiz_refs AS (   -- userquizz -> the user questions it lists
-    SELECT _id AS moment_id, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref
-    FROM {src_userquizzs}
+    SELECT _unit AS moment_id, ref FROM {references_userquizzs}
 ),
 logbook_match AS (   -- does the users_logbook row of the last emitted or unmatched moment exist?
     SELECT d._unit AS moment_id, d._dropped, ul.user_id IS NOT NULL AS found
