@@ -321,22 +321,17 @@ SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)})
 
     def _references(self, collection: str, changed: str) -> str:
         """A relation (_unit, ref) of the 24-hex tokens of every current document of the
-        collection: the kept ones, but those of the changed documents found again (and kept as a
-        delta); found in every document when none are kept."""
+        collection: those kept, with the changed documents' found again first (kept as a delta:
+        written before the outputs, it is what a re-run after a crash would write again); found in
+        every document when none are kept."""
         store = self.staging.references(collection)
-        relation = q(f"references_{collection}")
-        if not store.exists():
-            duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE {relation} AS {_references_sql(q('src_' + collection))}")
-            self._write_base(store, f"SELECT * FROM {relation}")
-            return relation
-        found = _references_sql(f"(SELECT * FROM {changed} WHERE _current)")
-        duck.run(self.con, f"""
-CREATE OR REPLACE TEMP TABLE {relation} AS
-SELECT * FROM ({store.current_sql()}) ANTI JOIN (SELECT _id AS _unit FROM {changed}) USING (_unit)
-UNION ALL {found}""")
-        _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
-        self._compact_if_due(store)
-        return relation
+        if store.exists():
+            found = _references_sql(f"(SELECT * FROM {changed} WHERE _current)")
+            _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
+            self._compact_if_due(store)
+        else:
+            self._write_base(store, _references_sql(q("src_" + collection)))
+        return f"({store.current_sql()})"
 
     def _rewrite_references(self, table: Table) -> None:
         """The kept tokens of the collections the table's select SQL reads, as of a full
