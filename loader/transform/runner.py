@@ -190,9 +190,10 @@ class _Run:
             for table, result in zip(tables, results):
                 self._record(table, result, consumed)
             return results
-        if full:
+        if full:  # it consumes every snapshot so far: the kept tokens are found again
             units = None
-            self._rewrite_references(first)
+            for collection in first.strategy.references:
+                self._find_references(collection)
         else:
             units = self._select_units(first)
         views, unit_parts = self._source_views(first, units)
@@ -330,14 +331,12 @@ SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)})
             _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
             self._compact_if_due(store)
         else:
-            self._write_base(store, _references_sql(q("src_" + collection)))
+            self._find_references(collection)
         return f"({store.current_sql()})"
 
-    def _rewrite_references(self, table: Table) -> None:
-        """The kept tokens of the collections the table's select SQL reads, as of a full
-        transform (which consumes every snapshot so far)."""
-        for collection in table.strategy.references:
-            self._write_base(self.staging.references(collection), _references_sql(q("src_" + collection)))
+    def _find_references(self, collection: str) -> None:
+        """Keep the tokens of every current document of the collection, as a new base."""
+        self._write_base(self.staging.references(collection), _references_sql(q("src_" + collection)))
 
     def _source_views(self, table: Table, units: str | None) -> tuple[dict[str, str], list[Path]]:
         """Collection -> relation the strategy SQL reads: the unit documents only, in an
