@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loader.duck import parquet_source, sql_literal
+from loader.duck import parquet_source, sql_literal, sql_literals
 
 MANIFEST_VERSION = 2
 FULL, DELTA, COMPACTED = "full", "delta", "compacted"
@@ -349,12 +349,12 @@ class DerivedRows:
         return self.directory / f"delta-{self._generation():06d}-{len(self.deltas()) + 1:06d}.parquet"
 
     def current_sql(self) -> str:
-        base = f"SELECT * FROM read_parquet({sql_literal(str(self.base()))})"
+        base = f"SELECT * FROM {parquet_source([self.base()])}"
         deltas = self.deltas()
         if not deltas:
             return base
         return f"""
-WITH deltas AS (SELECT * FROM read_parquet([{', '.join(sql_literal(str(p)) for p in deltas)}], filename = true, union_by_name = true)),
+WITH deltas AS (SELECT * FROM read_parquet([{sql_literals(map(str, deltas))}], filename = true, union_by_name = true)),
 latest AS (SELECT _replaces AS _unit, max(filename) AS filename FROM deltas WHERE _replaces IS NOT NULL GROUP BY ALL)
 SELECT b.* FROM ({base}) b ANTI JOIN latest USING (_unit)
 UNION ALL BY NAME
