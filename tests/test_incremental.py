@@ -446,6 +446,14 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     # the comparisons above read tables whose units several deltas replaced in turn.
     deltas = {t: len(Staging(a.staging).derived_rows(t).deltas()) for t in MAPPED_TABLES}
     assert max(deltas.values()) >= 2, deltas
+    # transform.json says where each table's seconds went; the shared work of the moments group
+    # (its units, the moments pass) counts for its first table.
+    state = Staging(a.staging).transform_state()
+    moments, details = state["users_logbooks_moments"], state["users_logbooks_moments_details"]
+    assert moments["mode"] == details["mode"] == "incremental", (moments["mode"], details["mode"])
+    assert list(moments["phases"]) == ["select", "derive", "compare", "check", "keep"], moments["phases"]
+    assert list(details["phases"]) == ["derive", "compare", "check", "keep"], details["phases"]
+    assert sum(moments["phases"].values()) <= moments["seconds"] + 0.01, moments
 
 
 # --------------------------------------------------------------------------- a delta of tombstones only

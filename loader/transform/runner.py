@@ -24,8 +24,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -63,6 +64,16 @@ class TableResult:
     warnings: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # Where the seconds went (PHASES); the group's shared work (its units, the moments pass)
+    # counts for its first table.
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+# select: the changed documents, the units they select and those units' documents; derive: the strategy SQL and the
+# typing; compare: the units' new rows against their previous ones; check: foreign keys and
+# identities over the table's rows, writing tables/ and issues/; keep: the derived rows' delta
+# or new base.
+PHASES = ("select", "derive", "compare", "check", "keep")
 
 
 def transform(settings: Settings, staging: Staging, tables: list[Table],
@@ -190,27 +201,31 @@ class _Run:
             for table, result in zip(tables, results):
                 self._record(table, result, consumed)
             return results
-        if full:  # it consumes every snapshot so far: the kept tokens are found again
-            units = None
-            for collection in first.strategy.references:
-                self._find_references(collection)
-        else:
-            units = self._select_units(first)
-        views, unit_parts = self._source_views(first, units)
+        shared: dict[str, float] = {}  # phases of the group's shared work
+        with _timed(shared, "select"):
+            if full:  # it consumes every snapshot so far: the kept tokens are found again
+                units = None
+                for collection in first.strategy.references:
+                    self._find_references(collection)
+            else:
+                units = self._select_units(first)
+            views, unit_parts = self._source_views(first, units)
         try:
             values = self._placeholders(first, views)
             if first.strategy.prepare and (units is None or self._count(units)):
-                duck.run(self.con, sql_file(first.strategy.prepare, values))
+                with _timed(shared, "derive"):
+                    duck.run(self.con, sql_file(first.strategy.prepare, values))
             results = []
             for table in tables:
-                result = self._table(table, self._placeholders(table, views), units)
+                result = self._table(table, self._placeholders(table, views), units, shared if table is first else {})
+                if table is first:  # the group's shared work counts for its first table
+                    result.seconds = round(time.perf_counter() - clock, 3)
                 self._record(table, result, consumed)
                 results.append(result)
         finally:
             for part in unit_parts:
                 part.unlink(missing_ok=True)
             self._drop_temporaries()
-        results[0].seconds = round(time.perf_counter() - clock - sum(r.seconds for r in results[1:]), 3)
         return results
 
     def _view_sources(self, tables: list[Table]) -> None:
@@ -231,34 +246,40 @@ class _Run:
         for kind, name in temporaries:
             duck.run(self.con, f"DROP {kind} temp.{q(name)}")
 
-    def _table(self, table: Table, values: dict[str, str], units: str | None) -> TableResult:
+    def _table(self, table: Table, values: dict[str, str], units: str | None, phases: dict[str, float]) -> TableResult:
+        """Derive one table (`phases`: the seconds of its work, added to those given)."""
         clock = time.perf_counter()
         name = table.name
         rows = self.staging.derived_rows(name)
         derived_changed = True
         documents = 0
         if units is None or self._count(units):
-            new = self._derive(table, values)
+            with _timed(phases, "derive"):
+                new = self._derive(table, values)
             documents = self._count(units) if units else self._count(f"({table.strategy.units_sql.format(**values)})")
             if units is None:
                 derived = new
             else:
                 old = rows.current_sql()
-                derived_changed = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                with _timed(phases, "compare"):
+                    derived_changed = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
             derived_changed = False
         mode = FULL if units is None else INCREMENTAL if derived_changed else UNCHANGED
         if derived_changed or self._outputs_stale(table):
             # Outputs first, derived rows last: a crash in between re-derives the same units.
-            self._finish(table, derived if derived_changed else f"({rows.current_sql()})")
-            if units is None:
-                self._write_base(rows, f"SELECT * FROM {new}")
-            elif derived_changed:
-                _copy_atomically(self.con, f"SELECT * FROM {new} UNION ALL BY NAME SELECT _id AS _replaces FROM {units}", rows.next_delta())
-                self._compact_if_due(rows)
+            with _timed(phases, "check"):
+                self._finish(table, derived if derived_changed else f"({rows.current_sql()})")
+            with _timed(phases, "keep"):
+                if units is None:
+                    self._write_base(rows, f"SELECT * FROM {new}")
+                elif derived_changed:
+                    _copy_atomically(self.con, f"SELECT * FROM {new} UNION ALL BY NAME SELECT _id AS _replaces FROM {units}", rows.next_delta())
+                    self._compact_if_due(rows)
         result = self._counts(table, mode, documents)
         result.seconds = round(time.perf_counter() - clock, 3)
+        result.phases = {phase: phases[phase] for phase in PHASES if phase in phases}
         return result
 
     def _write_base(self, rows: DerivedRows, query: str) -> None:
@@ -284,7 +305,7 @@ class _Run:
         """The counts of the table's last transform, as an unchanged result."""
         previous = self.state[table.name]
         counts = {f.name: previous[f.name] for f in fields(TableResult) if f.name in previous}
-        return TableResult(**counts | {"mode": UNCHANGED, "documents": 0, "seconds": 0.0})
+        return TableResult(**counts | {"mode": UNCHANGED, "documents": 0, "seconds": 0.0, "phases": {}})
 
     # ------------------------------------------------------------ selection
     def _select_units(self, table: Table) -> str:
@@ -439,6 +460,16 @@ FROM records WHERE _dropped IS NOT NULL""")
 
     def _count(self, relation: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0]
+
+
+@contextmanager
+def _timed(phases: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to `phases[phase]`."""
+    clock = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = round(phases.get(phase, 0.0) + time.perf_counter() - clock, 3)
 
 
 def text_hash(text: str) -> str:
