@@ -13,8 +13,8 @@ Per table, in load order:
      staged rows (C10: a dangling nullable reference is nulled with a warning, a dangling
      required one rejects the row) and UPSERT-KEY rows are merged per key (5.5);
   5. the rows go to staging/tables/<table>.parquet, rejects, skips and warnings with their
-     reason to staging/issues/<table>.parquet, counts and the snapshots consumed to
-     staging/transform.json.
+     reason to staging/issues/<table>.parquet, counts, the snapshots consumed and the seconds
+     of each phase (PHASES) to staging/transform.json.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ class TableResult:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-# select: the changed documents, the units they select and those units' documents; derive: the strategy SQL and the
-# typing; compare: the units' new rows against their previous ones; check: foreign keys and
-# identities over the table's rows, writing tables/ and issues/; keep: the derived rows' delta
-# or new base.
+# select: the changed documents, the units they select and those units' documents; derive: the
+# strategy SQL and the typing; compare: the units' new rows against their previous ones; check:
+# foreign keys and identities over the table's rows, writing tables/ and issues/; keep: the
+# derived rows' delta or new base.
 PHASES = ("select", "derive", "compare", "check", "keep")
 
 
