@@ -159,15 +159,8 @@ class _Run:
             given={_staged_name(c): future for c, future in staged.items()}, abort=abort,
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
-            alone=lambda group: bool(group[0].strategy.prepare) and self.is_full(group),
-            weight=self.last_seconds)
+            alone=lambda group: bool(group[0].strategy.prepare) and self.is_full(group))
         return [result for group in results for result in group]
-
-    def last_seconds(self, group: list[Table]) -> float:
-        """What the group took in the last transform: the longest chain of groups (the moments
-        group and the tables it needs, 5 of 12 s of an incremental run at 1M documents) starts
-        first instead of waiting behind the groups listed before it."""
-        return sum(self.state.get(t.name, {}).get("seconds", 0.0) for t in group)
 
     def is_full(self, group: list[Table]) -> bool:
         """Whether a group is re-derived whole (a table of it has a full_reason); decided once,
