@@ -56,7 +56,7 @@ MAX_DERIVED_DELTAS = 16
 @dataclass
 class TableResult:
     table: str
-    mode: str = FULL  # full | incremental | unchanged (nothing to re-derive or re-check)
+    mode: str = FULL  # full | incremental | unchanged (no derived row replaced; re-checked if a parent changed)
     documents: int = 0  # source units (documents, parents, candidates) derived in this run
     rows: int = 0
     rejected: int = 0
@@ -251,7 +251,7 @@ class _Run:
         clock = time.perf_counter()
         name = table.name
         rows = self.staging.derived_rows(name)
-        derived_changed = True
+        replaced = True  # the units' new rows replace their previous ones (kept as a delta)
         documents = 0
         if units is None or self._count(units):
             with _timed(phases, "derive"):
@@ -261,20 +261,24 @@ class _Run:
                 derived = new
             else:
                 old = rows.current_sql()
+                # Outputs computed from other parents' rows are checked again anyway: the units'
+                # rows then only decide whether to keep a delta, and keeping one that changes
+                # nothing costs less than comparing (a scan of the table's derived rows).
                 with _timed(phases, "compare"):
-                    derived_changed = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                    replaced = self._outputs_stale(table) or self._differs(
+                        new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
-            derived_changed = False
-        mode = FULL if units is None else INCREMENTAL if derived_changed else UNCHANGED
-        if derived_changed or self._outputs_stale(table):
+            replaced = False
+        mode = FULL if units is None else INCREMENTAL if replaced else UNCHANGED
+        if replaced or self._outputs_stale(table):
             # Outputs first, derived rows last: a crash in between re-derives the same units.
             with _timed(phases, "check"):
-                self._finish(table, derived if derived_changed else f"({rows.current_sql()})")
+                self._finish(table, derived if replaced else f"({rows.current_sql()})")
             with _timed(phases, "keep"):
                 if units is None:
                     self._write_base(rows, f"SELECT * FROM {new}")
-                elif derived_changed:
+                elif replaced:
                     _copy_atomically(self.con, f"SELECT * FROM {new} UNION ALL BY NAME SELECT _id AS _replaces FROM {units}", rows.next_delta())
                     self._compact_if_due(rows)
         result = self._counts(table, mode, documents)
