@@ -418,8 +418,8 @@ def sample_rows(conn: psycopg.Connection, t: TargetTable, size: int) -> list[tup
 def settle(conn: psycopg.Connection) -> None:
     """Before the incremental run: drop what the floors, the baseline and the load alone wrote, and
     checkpoint, so that the incremental run's commits do not wait on PostgreSQL flushing the
-    benchmark's own writes (millions of rows just before it: its load took 5.8 s after its
-    transform at 91b1bc6, each table's commit slowed by the flush)."""
+    benchmark's own writes (millions of rows just before it; the incremental load after its
+    transform: 5.8 s at 91b1bc6 without this, 3.2 s at 7b62ad7 with it, one run each)."""
     for schema in (f"{FLOOR_SCHEMA}_csv", f"{FLOOR_SCHEMA}_binary", ROWWISE_SCHEMA):
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(LOAD_ALONE_DATABASE)))
