@@ -70,9 +70,9 @@ class TableResult:
 
 
 # select: the changed documents, the units they select and those units' documents; derive: the
-# strategy SQL and the typing; compare: the units' new rows against their previous ones; check:
-# foreign keys and identities over the table's rows, writing tables/ and issues/; keep: the
-# derived rows' delta or new base.
+# strategy SQL and the typing; compare: the units' new rows against their previous ones (when no
+# parent changed); check: foreign keys and identities over the table's rows, writing tables/ and
+# issues/; keep: the derived rows' delta or new base.
 PHASES = ("select", "derive", "compare", "check", "keep")
 
 
@@ -252,6 +252,7 @@ class _Run:
         name = table.name
         rows = self.staging.derived_rows(name)
         replaced = True  # the units' new rows replace their previous ones (kept as a delta)
+        stale = self._outputs_stale(table)
         documents = 0
         if units is None or self._count(units):
             with _timed(phases, "derive"):
@@ -265,13 +266,13 @@ class _Run:
                 # rows then only decide whether to keep a delta, and keeping one that changes
                 # nothing costs less than comparing (a scan of the table's derived rows).
                 with _timed(phases, "compare"):
-                    replaced = self._outputs_stale(table) or self._differs(
+                    replaced = stale or self._differs(
                         new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
             replaced = False
         mode = FULL if units is None else INCREMENTAL if replaced else UNCHANGED
-        if replaced or self._outputs_stale(table):
+        if replaced or stale:
             # Outputs first, derived rows last: a crash in between re-derives the same units.
             with _timed(phases, "check"):
                 self._finish(table, derived if replaced else f"({rows.current_sql()})")
