@@ -146,6 +146,22 @@ def test_the_change_stream_tells_deletions_and_changes_without_a_timestamp(db, t
     assert staged_numbers(staging, "items") == source_numbers(db, "items")
 
 
+def test_a_collection_without_change_stream_event_is_not_queried(db, tmp_path, monkeypatch):
+    db.items.insert_many(documents(3))  # all stamped at what becomes the watermark
+    staging = Staging(tmp_path)
+    stage(db, staging, "items", stream=True)
+    db.other.insert_one({"n": 1, "creation_date": T0 + timedelta(hours=1)})  # an event, of another collection
+    with monkeypatch.context() as patched:
+        patched.setattr(mongo.Source, "read", lambda self, *a: pytest.fail("queried although the change stream told no change"))
+        quiet = stage(db, staging, "items", stream=True)
+    assert quiet.documents == 0 and quiet.deleted == 0 and len(staging.snapshots("items")) == 1
+
+    changed = db.items.find_one({"n": 1})["_id"]
+    db.items.update_one({"_id": changed}, {"$set": {"n": 99}})  # a write that keeps the stamp
+    assert stage(db, staging, "items", stream=True).documents == 1
+    assert staged_numbers(staging, "items") == source_numbers(db, "items")
+
+
 def test_without_a_readable_change_stream_position_deletions_are_counted(db, tmp_path, monkeypatch):
     earlier = T0 - timedelta(hours=3)
     db.items.insert_many(documents(4, creation_date=earlier, update_date=earlier) + documents(1, n=4))

@@ -5,7 +5,8 @@ Every extract records with each collection it stages the stream's position taken
 its reads (staging manifest, `positions`). The next extract reads the stream from there to its
 end, once for all the collections recorded at the same position, and gives each collection the
 `_id`s whose last event deleted the document (its tombstones) and those inserted, updated or
-replaced (fetched when the delta queries missed them: a change that set no timestamp).
+replaced (fetched when the delta queries missed them: a change that set no timestamp). A
+collection without an event has not changed: its delta queries are not sent.
 The stream is read until the server returns an empty batch, and the position recorded next is
 where the read stopped (the last batch's resume token): an event the server had not delivered by
 then (a write during the extract, or events a server holds back past its await time) is read by
@@ -41,6 +42,11 @@ class Changes:
 
     deleted: list[bytes] = field(default_factory=list)  # the last event deleted the document
     touched: list[bytes] = field(default_factory=list)  # the last event inserted, updated or replaced it
+
+    @property
+    def none(self) -> bool:
+        """No document event: nothing in the collection changed since the position."""
+        return not (self.deleted or self.touched)
 
 
 @dataclass

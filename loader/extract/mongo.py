@@ -214,7 +214,10 @@ def stage_collection(
     # of a delta the change stream does not tell; it is not asked otherwise (some servers scan for it).
     count = source.count() if (ranges > 1 or on_progress if full else source.changes is None) else 0
     if not full:
-        queries = delta_queries(since) if since else [{}]
+        # Every write since the recorded position is an event of the stream: without one, the
+        # collection has not changed, and its delta queries (a round trip each) would only read
+        # again what is stamped at the watermark.
+        queries = [] if source.changes is not None and source.changes.none else delta_queries(since) if since else [{}]
     elif ranges > 1 and count >= PARALLEL_MIN_DOCUMENTS:
         queries = source.id_ranges(ranges)
     else:
@@ -223,7 +226,7 @@ def stage_collection(
     hook.start(source.name, count if full else 0)
     writers = [_PartWriter(duck.cursor(con), scratch, prefix=f"part-{i:03d}") for i in range(len(queries))]
     rejects: list[Reject] = []
-    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(queries))) as pool:
         for found in pool.map(lambda task: _stage_documents(source, *task, hook), zip(queries, writers)):
             rejects += found
     if full:
