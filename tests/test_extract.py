@@ -162,6 +162,18 @@ def test_a_collection_without_change_stream_event_is_not_queried(db, tmp_path, m
     assert staged_numbers(staging, "items") == source_numbers(db, "items")
 
 
+def test_the_collection_with_the_most_change_stream_events_is_read_first(db, tmp_path):
+    staging = Staging(tmp_path)
+    for name in ("parents", "children", "quiet"):
+        db[name].insert_many(documents(3))
+        stage(db, staging, name, stream=True)
+    db.parents.update_one({"n": 0}, {"$set": {"n": 9}})
+    db.children.delete_one({"n": 0})
+    db.children.update_many({}, {"$set": {"m": 1}})
+    order = [source.name for source in mongo.server_sources(db, staging, ["quiet", "parents", "children"], batch_size=100)]
+    assert order == ["children", "quiet", "parents"], "the busiest first, then the order asked"
+
+
 def test_without_a_readable_change_stream_position_deletions_are_counted(db, tmp_path, monkeypatch):
     earlier = T0 - timedelta(hours=3)
     db.items.insert_many(documents(4, creation_date=earlier, update_date=earlier) + documents(1, n=4))

@@ -44,9 +44,14 @@ class Changes:
     touched: list[bytes] = field(default_factory=list)  # the last event inserted, updated or replaced it
 
     @property
+    def events(self) -> int:
+        """The documents the events name (each once, by its last event)."""
+        return len(self.deleted) + len(self.touched)
+
+    @property
     def none(self) -> bool:
         """No document event: nothing in the collection changed since the position."""
-        return not (self.deleted or self.touched)
+        return not self.events
 
 
 @dataclass
