@@ -34,8 +34,8 @@ firsts AS (
 questions AS (
     SELECT id, q, bson_ref(template, '_id') AS template_id
     FROM (SELECT _id AS id, CAST(doc AS JSON) AS q, coalesce(bson_nn(t[1]), bson_nn(t[2])) AS template
-          FROM (SELECT *, json_extract(doc, ['$.quizz_question', '$.quizzQuestion']) AS t FROM {src_userquizzquestions})
-          WHERE _id IN (SELECT question_id FROM firsts))
+          FROM (SELECT *, json_extract(doc, ['$.quizz_question', '$.quizzQuestion']) AS t
+                FROM {src_userquizzquestions} WHERE _id IN (SELECT question_id FROM firsts)))
 ),
 templates AS (
     SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
@@ -56,9 +56,8 @@ WITH options AS (
     UNION
     SELECT bson_ref(json_extract(q, '$.single_enum_answer'), '_id') FROM moment_questions
 )
-SELECT * FROM (
-    SELECT _id AS id, CAST(doc AS JSON) AS d,
-           bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') AS question_id
+SELECT id, CAST(doc AS JSON) AS d, question_id FROM (
+    SELECT _id AS id, doc, bson_ref(json_extract(doc, '$.userQuizzQuestion'), '_id') AS question_id
     FROM {src_items})
 WHERE question_id IN (SELECT question_id FROM moment_questions) OR id IN (SELECT id FROM options);
 
@@ -168,15 +167,15 @@ UNION ALL
 SELECT moment_id, 'answer_item_missing', single_id FROM moment_inline WHERE answered_by = 'single_enum_answer' AND NOT single_found;
 
 CREATE OR REPLACE TEMP TABLE moment_outcomes AS
-WITH logbooks AS (
-    SELECT bson_ref(json_extract(d, '$.logbook'), '_id') AS moment_id, _id, creation_date, update_date,
-           bson_nn(json_extract(d, '$.user')) AS user, bson_nn(json_extract(d, '$.day')) AS day
-    FROM (SELECT *, CAST(doc AS JSON) AS d FROM {src_coachinglogbooks})
+WITH logbooks AS (  -- the candidates' only: the other fields are read from those alone
+    SELECT moment_id, _id, creation_date, update_date, bson_nn(f[1]) AS user, bson_nn(f[2]) AS day
+    FROM (SELECT *, json_extract(doc, ['$.user', '$.day']) AS f
+          FROM (SELECT *, bson_ref(json_extract(doc, '$.logbook'), '_id') AS moment_id FROM {src_coachinglogbooks})
+          WHERE moment_id IN (SELECT id FROM moment_candidates))
 ),
 chosen AS (  -- 4.5 step 2: with user and day first, then C11
     SELECT moment_id, bson_ref(user, '_id') AS user_id, day IS NOT NULL AS has_day, bson_to_date(day, {timezone}) AS day
     FROM logbooks
-    WHERE moment_id IN (SELECT id FROM moment_candidates)
     QUALIFY row_number() OVER (
         PARTITION BY moment_id
         ORDER BY (user IS NOT NULL AND day IS NOT NULL) DESC, update_date DESC NULLS LAST, creation_date DESC NULLS LAST, _id DESC
