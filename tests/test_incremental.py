@@ -77,11 +77,11 @@ class Target:
     def fresh(cls, source: Source, postgres, staging: Path, prefix: str) -> Target:
         return cls({**source.env, **create_database(postgres, prefix)}, staging)
 
-    def loader(self, command: str = "run") -> str:
-        """`loader <command> --staging S [--no-progress]`, which must succeed; returns its stdout
-        (`transform` draws no progress bars: it has no such flag)."""
+    def loader(self, command: str = "run", *options: str) -> str:
+        """`loader <command> --staging S [--no-progress] [options]`, which must succeed; returns
+        its stdout (`transform` draws no progress bars: it has no such flag)."""
         quiet = [] if command == "transform" else ["--no-progress"]
-        result = run_loader(command, "--staging", str(self.staging), *quiet, env=self.env)
+        result = run_loader(command, "--staging", str(self.staging), *quiet, *options, env=self.env)
         assert result.returncode == 0, f"loader {command} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
@@ -454,6 +454,38 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     assert list(moments["phases"]) == ["select", "derive", "compare", "check", "keep"], moments["phases"]
     assert list(details["phases"]) == ["derive", "compare", "check", "keep"], details["phases"]
     assert sum(moments["phases"].values()) <= moments["seconds"] + 0.01, moments
+
+
+# --------------------------------------------------------------------------- the kept tokens after a full run
+
+def test_a_forced_run_finds_the_kept_tokens_again(generated_source, postgres, tmp_path):
+    """The moments' selection finds the userquizz listing a changed question by the tokens kept
+    between runs (Strategy.references). A forced run reads every document again as a new full
+    snapshot, without telling what changed: it must find the tokens again too, or the next run
+    misses the userquizz a question was added to before it."""
+    source, db = generated_source, generated_source.db
+    clock, pick, generated = Clock(source.data), Picker(source.data), Dataset(source.data)
+    a = Target.fresh(source, postgres, tmp_path / "staging", "tokens")
+    a.loader("run")
+    owners = a.ids("users")
+    # An incremental run of the moments group: the tokens are kept from here on.
+    touched = pick.one("userquizzs", lambda q: q.get("type") == LOGBOOK)
+    stamp(db, "userquizzs", touched["_id"], clock(), name="Déjeuner")
+    a.loader("run")
+    assert Staging(a.staging).transform_state()["users_logbooks_moments"]["mode"] == "incremental"
+
+    dinner = pick.one("userquizzs", lambda q: generated.unanswered_logbook(q, "Dîner", "TEXT", owners))
+    added = new_document(clock(), quizz_question=generated.question_of_type(dinner, "TEXT")["quizz_question"])
+    db.userquizzquestions.insert_one(added)
+    db.userquizzs.update_one({"_id": dinner["_id"]}, {"$push": {"questions": added["_id"]}, "$set": {"update_date": clock()}})
+    a.loader("run", "--force-reimport")
+    stamp(db, "userquizzquestions", added["_id"], clock(), text_answer="Soupe au pistou")
+    a.loader("run")
+
+    reference = rebuild(source, postgres, tmp_path)
+    assert reference.query("SELECT answer FROM users_logbooks_moments_details WHERE id = %s",
+                           str(added["_id"])) == [("Soupe au pistou",)]
+    assert_same_tables(a, reference, "the added question answered after a forced run")
 
 
 # --------------------------------------------------------------------------- a delta of tombstones only
