@@ -6,8 +6,7 @@ measured in the same run on the same machine, printed as one table of measures a
 Setup: `--size` generated documents (loader.demo.generator) inserted into SecantusDB (a MongoDB
 wire-protocol server running in this process, in memory: 1.5 GB of cache per million documents),
 with indexes on `creation_date` and `update_date`
-of every collection (what the incremental extract queries); a throwaway PostgreSQL 15 cluster
-(shared_buffers a quarter of the machine's memory: see postgres_settings); a
+of every collection (what the incremental extract queries); a throwaway PostgreSQL 15 cluster; a
 temporary staging folder.
 
 The figures:
@@ -477,7 +476,7 @@ class Figures:
     rowwise: float
     sampled: int
     peak_mb: float
-    postgres_server: str
+    postgres_version: str
 
 
 def server_cache(documents: int) -> str:
@@ -486,18 +485,8 @@ def server_cache(documents: int) -> str:
     return f"{max(1, math.ceil(1.5 * documents / 1_000_000))}G"
 
 
-def postgres_settings() -> dict[str, str]:
-    """The benchmark's PostgreSQL as a server sized for its data: shared_buffers a quarter of the
-    machine's memory, PostgreSQL's suggested start for a dedicated server. With the default
-    (128 MB, an eighth of the 1M tables), an incremental merge reads the pages it updates from the
-    disk on this machine, whose kernel gives back its page cache within seconds: the same 5,323
-    updates of users_quizzs_questions took 1.1 s in one run and 8.3 s in another."""
-    return {"shared_buffers": f"{int(ram_gb() * 1024) // 4}MB"}
-
-
 def measure(args: argparse.Namespace, workdir: Path) -> Figures:
-    with MongoServer(cache_size=server_cache(args.size)) as mongo, \
-            PostgresServer(database="bench", settings=postgres_settings()) as pg, MongoClient(mongo.url) as client:
+    with MongoServer(cache_size=server_cache(args.size)) as mongo, PostgresServer(database="bench") as pg, MongoClient(mongo.url) as client:
         data = generator.generate(size=args.size, seed=args.seed)
         documents = sum(generator.insert(client[DATABASE], data).values())
         del data
@@ -529,8 +518,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
             floor = copy_floor(conn, tables, workdir, "csv")
             binary_floor = copy_floor(conn, tables, workdir, "binary")
             rowwise, sampled = row_by_row(conn, tables, rows, args.sample, args.seed)
-            postgres_server = conn.execute("SHOW server_version").fetchone()[0] + " (shared_buffers {})".format(
-                conn.execute("SHOW shared_buffers").fetchone()[0])
+            postgres_version = conn.execute("SHOW server_version").fetchone()[0]
             settle(conn)
         changed = change_documents(client[DATABASE], args.changed, args.seed)
         stream = run_child("stream", settings_file, args)
@@ -539,7 +527,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
         documents=documents, collections=int(raw.figures["collections"]), index_seconds=index_seconds,
         rows=sum(rows.values()), tables=len(tables), full=full.figures, incremental=incremental.figures, changed=changed,
         raw=raw.figures, quizzes=quizzes.figures, stream=stream.figures, load_alone=load_alone.figures["seconds"], floor=floor, binary_floor=binary_floor, rowwise=rowwise, sampled=sampled, peak_mb=max(full.peak_mb, incremental.peak_mb),
-        postgres_server=postgres_server,
+        postgres_version=postgres_version,
     )
 
 
@@ -562,7 +550,7 @@ def header(f: Figures) -> str:
         f"Source: MongoDB server (SecantusDB {version('SecantusDB')}, wire protocol), {f.documents:,} documents in "
         f"{f.collections} collections, indexes on creation_date and update_date of every collection "
         f"(created in {f.index_seconds:.1f} s)\n"
-        f"Target: PostgreSQL {f.postgres_server}, {f.rows:,} rows in {f.tables} tables after the full run\n"
+        f"Target: PostgreSQL {f.postgres_version}, {f.rows:,} rows in {f.tables} tables after the full run\n"
         f"Machine: {os.cpu_count()} CPUs, {ram_gb():.1f} GB RAM, Python {platform.python_version()}; loader {git_revision()}"
     )
 

@@ -51,10 +51,9 @@ class PostgresServer:
     user = "loader"
     password = ""
 
-    def __init__(self, database: str = "smartdiet", base_dir: Path | None = None, settings: dict[str, str] | None = None):
+    def __init__(self, database: str = "smartdiet", base_dir: Path | None = None):
         self.database = database
         self.base_dir = base_dir
-        self.settings = settings or {}  # server settings beyond the defaults (name -> value)
         self.host = "127.0.0.1"
         self.port = 0
         self.root: Path | None = None
@@ -80,8 +79,7 @@ class PostgresServer:
         self._run([bin_dir / "initdb", "-D", self.data_dir, "-U", self.user, "--auth=trust",
                    "--encoding=UTF8", "--locale=C.UTF-8"])
         options = (f"-c listen_addresses={self.host} -p {self.port} -k {self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self._run([bin_dir / "pg_ctl", "-D", self.data_dir, "-l", self.log_file, "-o", options, "-w", "-t", "60", "start"])
         with psycopg.connect(**self.conninfo("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
