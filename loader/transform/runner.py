@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
@@ -201,23 +201,14 @@ class _Run:
             for table, result in zip(tables, results):
                 self._record(table, result, consumed)
             return results
-        references = first.strategy.references if full else ()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="references") as alongside:
-            # A full run consumes every snapshot so far: the kept tokens are found again. No table
-            # reads them in this run, so they are found alongside the derive (the moments pass
-            # leaves part of the CPU idle; 1M, alone: the group 8.8-9.4 -> 7.6-8.0 s), and kept
-            # before the group's state is recorded.
-            kept = alongside.submit(self._find_references, references) if references else None
-            return self._derive_group(tables, full, consumed, clock, kept)
-
-    def _derive_group(self, tables: list[Table], full: bool, consumed: dict[str, str], clock: float,
-                      kept: Future | None) -> list[TableResult]:
-        """The group's units, shared pass and tables; each table's state is recorded once `kept`
-        (the tokens found alongside) is done."""
-        first = tables[0]
         shared: dict[str, float] = {}  # phases of the group's shared work
         with _timed(shared, "select"):
-            units = None if full else self._select_units(first)
+            if full:  # it consumes every snapshot so far: the kept tokens are found again
+                units = None
+                for collection in first.strategy.references:
+                    self._find_references(collection)
+            else:
+                units = self._select_units(first)
             views, unit_parts = self._source_views(first, units)
         try:
             values = self._placeholders(first, views)
@@ -227,8 +218,6 @@ class _Run:
             results = []
             for table in tables:
                 result = self._table(table, self._placeholders(table, views), units, shared if table is first else {})
-                if kept is not None:
-                    kept.result()
                 if table is first:  # the group's shared work counts for its first table
                     result.seconds = round(time.perf_counter() - clock, 3)
                 self._record(table, result, consumed)
@@ -368,13 +357,12 @@ SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)})
             _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
             self._compact_if_due(store)
         else:
-            self._find_references((collection,))
+            self._find_references(collection)
         return f"({store.current_sql()})"
 
-    def _find_references(self, collections: tuple[str, ...]) -> None:
-        """Keep the tokens of every current document of the collections, as a new base each."""
-        for collection in collections:
-            self._write_base(self.staging.references(collection), _references_sql(q("src_" + collection)))
+    def _find_references(self, collection: str) -> None:
+        """Keep the tokens of every current document of the collection, as a new base."""
+        self._write_base(self.staging.references(collection), _references_sql(q("src_" + collection)))
 
     def _source_views(self, table: Table, units: str | None) -> tuple[dict[str, str], list[Path]]:
         """Collection -> relation the strategy SQL reads: the unit documents only, in an
