@@ -415,7 +415,7 @@ def _without_unchanged(con, staging: Staging, collection: str, parts: list[Path]
         if left:
             scratch = part.with_name(f".{part.name}")
             duck.run(con, f"COPY (SELECT * FROM {within} WHERE _id NOT IN ({unchanged})) TO {duck.sql_literal(str(scratch))} "
-                          "(FORMAT parquet, COMPRESSION zstd)")
+                          f"({duck.PARQUET_OPTIONS})")
             os.replace(scratch, part)
             kept.append(part)
         else:

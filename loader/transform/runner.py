@@ -626,5 +626,5 @@ ORDER BY 4, 5, 3"""
 def _copy_atomically(con, query: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.tmp")
-    duck.run(con, f"COPY ({query}) TO {sql_literal(str(scratch))} (FORMAT parquet, COMPRESSION zstd)")
+    duck.run(con, f"COPY ({query}) TO {sql_literal(str(scratch))} ({duck.PARQUET_OPTIONS})")
     os.replace(scratch, path)
