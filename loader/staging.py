@@ -53,6 +53,8 @@ FULL, DELTA, COMPACTED = "full", "delta", "compacted"
 BASES = (FULL, COMPACTED)
 DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
 NO_IDS = "SELECT CAST(NULL AS VARCHAR) AS _id WHERE false"  # an empty set of _ids, as a query
+NO_DOCUMENTS = ("SELECT CAST(NULL AS VARCHAR) AS _id, CAST(NULL AS TIMESTAMP) AS creation_date, "
+                "CAST(NULL AS TIMESTAMP) AS update_date, CAST(NULL AS VARCHAR) AS doc WHERE false")
 # The documents of a snapshot the extract could not decode (_id, reason, detail).
 REJECTS_FILE = "rejects.parquet"
 # Document parts are written so that DuckDB's vectors of their rows (2,048 rows of a row group at a
@@ -270,6 +272,29 @@ class Staging:
         version of those that are still alive."""
         base, *deltas = self.chain(collection, upto)
         base_rows = f"SELECT {DOCUMENT_COLUMNS} FROM {parquet_source(self.document_parts(base))}"
+        latest = self._latest_events_sql(deltas)
+        if latest is None:
+            return base_rows
+        return f"""
+WITH latest AS ({latest})
+SELECT b.* FROM ({base_rows}) b ANTI JOIN latest USING (_id)
+UNION ALL
+SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
+
+    def changed_documents_sql(self, collection: str, consumed: str) -> str | None:
+        """A query of the current version of the live documents changed after snapshot
+        `consumed`, read from the deltas since (the base is not read); None when changes_since
+        cannot tell them."""
+        later = self._deltas_since(collection, consumed)
+        if later is None:
+            return None
+        if not any(s.documents for s in later):
+            return NO_DOCUMENTS
+        return f"WITH latest AS ({self._latest_events_sql(later)}) SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"
+
+    def _latest_events_sql(self, deltas: list[Snapshot]) -> str | None:
+        """The last event of each _id the deltas touch (in order): its version, or a tombstone
+        (doc NULL); None without any."""
         events = [
             f"SELECT {DOCUMENT_COLUMNS}, {i} AS _seq FROM {parquet_source(self.document_parts(s))}"
             for i, s in enumerate(deltas)
@@ -281,17 +306,23 @@ class Staging:
             if s.deleted
         ]
         if not events:
-            return base_rows
-        return f"""
-WITH events AS ({' UNION ALL '.join(events)}),
-latest AS (SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY _id ORDER BY _seq DESC) = 1)
-SELECT b.* FROM ({base_rows}) b ANTI JOIN latest USING (_id)
-UNION ALL
-SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
+            return None
+        return f"SELECT * FROM ({' UNION ALL '.join(events)}) QUALIFY row_number() OVER (PARTITION BY _id ORDER BY _seq DESC) = 1"
 
     def changes_since(self, collection: str, consumed: str | None) -> str | None:
         """A query of the _id of documents changed or deleted after snapshot `consumed`, or None
         when they cannot be told apart (nothing consumed yet, or a full snapshot since)."""
+        later = self._deltas_since(collection, consumed)
+        if later is None:
+            return None
+        touched = [
+            f"SELECT _id FROM {parquet_source(self.document_parts(s))}" for s in later if s.documents
+        ] + [f"SELECT _id FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})" for s in later if s.deleted]
+        return " UNION ".join(touched) if touched else NO_IDS
+
+    def _deltas_since(self, collection: str, consumed: str | None) -> list[Snapshot] | None:
+        """The deltas after snapshot `consumed` (a compacted snapshot repeats what they hold);
+        None when there is a full snapshot since, or `consumed` is not one of the collection's."""
         history = self.snapshots(collection)
         ids = [s.id for s in history]
         if consumed not in ids:
@@ -299,10 +330,7 @@ SELECT {DOCUMENT_COLUMNS} FROM latest WHERE doc IS NOT NULL"""
         later = history[ids.index(consumed) + 1:]
         if any(s.kind == FULL for s in later):
             return None
-        touched = [
-            f"SELECT _id FROM {parquet_source(self.document_parts(s))}" for s in later if s.kind == DELTA and s.documents
-        ] + [f"SELECT _id FROM read_parquet({sql_literal(str(self.tombstone_file(s)))})" for s in later if s.kind == DELTA and s.deleted]
-        return " UNION ".join(touched) if touched else NO_IDS
+        return [s for s in later if s.kind == DELTA]
 
     def latest_id(self, collection: str) -> str:
         return self.snapshots(collection)[-1].id

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 
@@ -314,16 +315,23 @@ class _Run:
 
     # ------------------------------------------------------------ selection
     def _select_units(self, table: Table) -> str:
-        """The units to re-derive: the strategy's select SQL over the changed documents."""
+        """The units to re-derive: the strategy's select SQL over the changed documents, named
+        {changed_ids_<collection>} (their _id) and {changed_<collection>} (_id, doc, _current:
+        their old and new versions), {changed_ids} and {changed} for the table's own sources,
+        {references_<collection>} and {derived} (the table's derived rows)."""
         consumed = self.state[table.name]["consumed"]
-        changed = {c: self._changed(c, consumed[c]) for c in table.sources()}
-        own = [changed[c] for c in table.sources() if c not in table.strategy.lookups]
-        values = self._placeholders(table, {}) | {
-            **{f"changed_{c}": relation for c, relation in changed.items()},
-            "changed": "(" + " UNION ALL ".join(f"SELECT * FROM {r}" for r in own) + ")",
-            "derived": f"({self.staging.derived_rows(table.name).current_sql()})",
-            **{f"references_{c}": self._references(c, changed[c]) for c in table.strategy.references},
-        }
+        own = [c for c in table.sources() if c not in table.strategy.lookups]
+        # The old versions are read from the view as of the last transform (its base read whole):
+        # a changed relation is built only for the select SQL that names it.
+        values = _LazyValues(self._placeholders(table, {}) | {
+            f"references_{c}": self._references(c, consumed[c]) for c in table.strategy.references
+        }, {
+            **{f"changed_{c}": partial(self._changed, c, consumed[c]) for c in table.sources()},
+            **{f"changed_ids_{c}": partial(self._changed_ids, c, consumed[c]) for c in table.sources()},
+            "changed": lambda: "(" + " UNION ALL ".join(f"SELECT * FROM {self._changed(c, consumed[c])}" for c in own) + ")",
+            "changed_ids": lambda: "(" + " UNION ".join(self._changed_ids(c, consumed[c]) for c in own) + ")",
+            "derived": lambda: f"({self.staging.derived_rows(table.name).current_sql()})",
+        })
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE units AS SELECT DISTINCT _id FROM ({sql_file(table.strategy.select, values)}) WHERE _id IS NOT NULL")
         return "units"
 
@@ -340,21 +348,25 @@ class _Run:
         ids = self.staging.changes_since(collection, consumed)
         duck.run(self.con, f"""
 CREATE TABLE {relation} AS
-WITH ids AS ({ids})
-SELECT _id, doc, true AS _current FROM {q('src_' + collection)} WHERE _id IN (SELECT _id FROM ids)
+SELECT _id, doc, true AS _current FROM ({self.staging.changed_documents_sql(collection, consumed)})
 UNION ALL
-SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ids)""")
+SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ({ids}))""")
         return relation
 
-    def _references(self, collection: str, changed: str) -> str:
+    def _changed_ids(self, collection: str, consumed: str) -> str:
+        """A relation of the _id of the documents changed or deleted since snapshot `consumed`."""
+        return f"({self.staging.changes_since(collection, consumed)})"
+
+    def _references(self, collection: str, consumed: str) -> str:
         """A relation (_unit, ref) of the 24-hex tokens of every current document of the
-        collection: those kept, with the changed documents' found again first (kept as a delta:
-        written before the outputs, it is what a re-run after a crash would write again); found in
-        every document when none are kept."""
+        collection: those kept, with the documents changed since snapshot `consumed` found again
+        first (kept as a delta: written before the outputs, it is what a re-run after a crash
+        would write again); found in every document when none are kept."""
         store = self.staging.references(collection)
         if store.exists():
-            found = _references_sql(f"(SELECT * FROM {changed} WHERE _current)")
-            _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {changed}", store.next_delta())
+            found = _references_sql(f"({self.staging.changed_documents_sql(collection, consumed)})")
+            _copy_atomically(self.con, f"{found} UNION ALL BY NAME SELECT DISTINCT _id AS _replaces FROM {self._changed_ids(collection, consumed)}",
+                             store.next_delta())
             self._compact_if_due(store)
         else:
             self._find_references(collection)
@@ -376,10 +388,19 @@ SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)})
         for collection in table.sources():
             if collection not in table.strategy.lookups:
                 parts.append(self.staging.tmp_dir / f"units-{table.name}-{collection}.parquet")
-                write_document_part(self.con, f"SELECT {DOCUMENT_COLUMNS} FROM {q('src_' + collection)} "
+                write_document_part(self.con, f"SELECT {DOCUMENT_COLUMNS} FROM ({self._unit_documents(table, collection, units)}) "
                                               f"WHERE _id IN (SELECT _id FROM {units})", parts[-1])
                 views[collection] = f"read_parquet({sql_literal(str(parts[-1]))})"
         return views, parts
+
+    def _unit_documents(self, table: Table, collection: str, units: str) -> str:
+        """A relation holding the units' documents of the collection: the documents changed since
+        the table's last transform (read from the deltas alone) when every unit is one of them,
+        as with the default select; else the current view (its base read whole)."""
+        consumed = self.state[table.name]["consumed"][collection]
+        if self._count(f"(SELECT _id FROM {units} ANTI JOIN {self._changed_ids(collection, consumed)} USING (_id))"):
+            return f"SELECT * FROM {q('src_' + collection)}"
+        return self.staging.changed_documents_sql(collection, consumed)
 
     # ------------------------------------------------------------ derive and finish
     def _derive(self, table: Table, values: dict[str, str]) -> str:
@@ -506,8 +527,20 @@ def placeholders(table: Table, staging: Staging, views: dict[str, str], timezone
     return values
 
 
-def sql_file(name: str, values: dict[str, str]) -> str:
-    return SQL_DIR.joinpath(name).read_text(encoding="utf-8").format(**values)
+def sql_file(name: str, values: Mapping[str, str]) -> str:
+    return SQL_DIR.joinpath(name).read_text(encoding="utf-8").format_map(values)
+
+
+class _LazyValues(dict):
+    """Placeholder values, some computed only when the SQL names them (`factories`)."""
+
+    def __init__(self, values: dict[str, str], factories: dict[str, Callable[[], str]]):
+        super().__init__(values)
+        self.factories = factories
+
+    def __missing__(self, key: str) -> str:
+        self[key] = value = self.factories[key]()
+        return value
 
 
 def _read(path: Path) -> str:

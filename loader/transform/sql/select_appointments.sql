@@ -4,7 +4,7 @@
 WITH coachings AS (
     SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.coaching'), '_id') AS coaching_id FROM {changed}
     UNION
-    SELECT _id FROM {changed_coachings}
+    SELECT _id FROM {changed_ids_coachings}
 )
 SELECT _id FROM {changed}
 UNION

@@ -16,7 +16,7 @@ question_refs AS (   -- user question -> the templates and items it mentions
     SELECT _unit AS question_id, ref FROM {references_userquizzquestions}
 ),
 touched_questions AS (
-    SELECT _id AS question_id FROM {changed_userquizzquestions}                                    -- rule 2
+    SELECT _id AS question_id FROM {changed_ids_userquizzquestions}                                  -- rule 2
     UNION
     SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.userQuizzQuestion'), '_id') FROM {changed_items}  -- rule 3
     UNION
@@ -32,7 +32,7 @@ logbook_match AS (   -- does the users_logbook row of the last emitted or unmatc
     LEFT JOIN {parent_users_logbook} ul ON ul.user_id = d.user_logbook_id__user_id AND ul.day = d.user_logbook_id__day
     WHERE d._source_collection = 'userquizzs' AND (d._dropped IS NULL OR d._dropped = 'no_users_logbook_match')
 )
-SELECT _id FROM {changed_userquizzs}                                                                 -- rule 1
+SELECT _id FROM {changed_ids_userquizzs}                                                             -- rule 1
 UNION
 SELECT moment_id FROM quiz_refs WHERE ref IN (SELECT question_id FROM touched_questions)
 UNION
