@@ -118,6 +118,36 @@ def test_documents_read_again_at_the_watermark_are_recorded_only_when_changed(db
     assert staged_documents(staging, "items")[str(changed)]["n"] == 99
 
 
+def test_the_documents_changed_since_a_snapshot_are_read_from_the_deltas(db, tmp_path):
+    """What an incremental transform reads instead of the current view: the latest version in
+    the deltas since of each document still alive, across a compaction, a deletion and a
+    document deleted then inserted again."""
+    db.items.insert_many(documents(4))
+    a, b, c, _ = (d["_id"] for d in db.items.find().sort("n"))
+    staging = Staging(tmp_path)
+    full = stage(db, staging, "items")
+    db.items.update_one({"_id": a}, {"$set": {"n": 100, "update_date": T0 + timedelta(hours=1)}})
+    db.items.delete_one({"_id": b})
+    stage(db, staging, "items")
+    compacted = mongo.compact(duck.connect(), staging, "items")
+    db.items.delete_one({"_id": c})
+    stage(db, staging, "items")
+    con = duck.connect()
+
+    def changed(consumed: str) -> dict[str, int]:
+        rows = con.execute(f"SELECT _id, doc FROM ({staging.changed_documents_sql('items', consumed)})").fetchall()
+        return {_id: json.loads(doc)["n"] for _id, doc in rows}
+
+    assert changed(compacted.id) == {}  # a tombstone alone since
+    db.items.insert_one({"_id": c, "n": 300, "creation_date": T0 + timedelta(hours=2)})
+    stage(db, staging, "items")
+    assert changed(full.id) == {str(a): 100, str(c): 300}
+    assert changed(compacted.id) == {str(c): 300}
+    in_view = con.execute(f"SELECT _id FROM ({staging.view_sql('items')}) "
+                          f"WHERE _id IN ({staging.changes_since('items', full.id)})").fetchall()
+    assert {_id for (_id,) in in_view} == {str(a), str(c)}
+
+
 def source_numbers(db, name: str) -> dict[str, int]:
     return {str(d["_id"]): d["n"] for d in db[name].find()}
 

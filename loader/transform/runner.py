@@ -345,12 +345,12 @@ class _Run:
         return self.changed[key]
 
     def _changed_relation(self, collection: str, consumed: str, relation: str) -> str:
-        ids = self.staging.changes_since(collection, consumed)
         duck.run(self.con, f"""
 CREATE TABLE {relation} AS
 SELECT _id, doc, true AS _current FROM ({self.staging.changed_documents_sql(collection, consumed)})
 UNION ALL
-SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)}) WHERE _id IN (SELECT _id FROM ({ids}))""")
+SELECT _id, doc, false FROM ({self.staging.view_sql(collection, upto=consumed)})
+WHERE _id IN (SELECT _id FROM {self._changed_ids(collection, consumed)})""")
         return relation
 
     def _changed_ids(self, collection: str, consumed: str) -> str:
