@@ -12,7 +12,7 @@ from pymongo import MongoClient
 
 from loader import duck
 from loader.extract import mongo
-from loader.staging import FULL, Staging
+from loader.staging import DELTA, FULL, Staging
 
 T0 = datetime(2024, 3, 1, 12, 0)
 _databases = itertools.count()
@@ -146,6 +146,19 @@ def test_the_documents_changed_since_a_snapshot_are_read_from_the_deltas(db, tmp
     in_view = con.execute(f"SELECT _id FROM ({staging.view_sql('items')}) "
                           f"WHERE _id IN ({staging.changes_since('items', full.id)})").fetchall()
     assert {_id for (_id,) in in_view} == {str(a), str(c)}
+
+
+def test_a_snapshot_another_process_records_is_seen(db, tmp_path):
+    """Staging parses the manifest once per version of the file: a reader that has parsed it
+    still sees what another writer (a `loader extract` beside a notebook) records after."""
+    db.items.insert_many(documents(3))
+    reader, writer = Staging(tmp_path), Staging(tmp_path)
+    stage(db, writer, "items")
+    assert [s.kind for s in reader.snapshots("items")] == [FULL]
+    db.items.update_one({"n": 1}, {"$set": {"n": 10, "update_date": T0 + timedelta(hours=1)}})
+    stage(db, writer, "items")
+    assert [s.kind for s in reader.snapshots("items")] == [FULL, DELTA]
+    assert staged_documents(reader, "items") == staged_documents(writer, "items")
 
 
 def source_numbers(db, name: str) -> dict[str, int]:
