@@ -452,7 +452,8 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     moments, details = state["users_logbooks_moments"], state["users_logbooks_moments_details"]
     assert moments["mode"] == details["mode"] == "incremental", (moments["mode"], details["mode"])
     assert list(moments["phases"]) == ["select", "derive", "compare", "check", "keep"], moments["phases"]
-    assert list(details["phases"]) == ["derive", "compare", "check", "keep"], details["phases"]
+    # The details' parent, the moments, changed: they are checked again, without comparing.
+    assert list(details["phases"]) == ["derive", "check", "keep"], details["phases"]
     assert sum(moments["phases"].values()) <= moments["seconds"] + 0.01, moments
 
 

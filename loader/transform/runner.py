@@ -266,9 +266,9 @@ class _Run:
                 # Outputs computed from other parents' rows are checked again anyway: the units'
                 # rows then only decide whether to keep a delta, and keeping one that changes
                 # nothing costs less than comparing (a scan of the table's derived rows).
-                with _timed(phases, "compare"):
-                    replaced = stale or self._differs(
-                        new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                if not stale:
+                    with _timed(phases, "compare"):
+                        replaced = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
             replaced = False
