@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 
 SESSION_SETTINGS = "SET TimeZone = 'UTC'"  # C7: timestamps without offset are UTC
-# Staged rows are written as zstd at level 1: half the CPU of DuckDB's default level 3 for files
-# as small (the 540,000 rows of users_quizzs_links_questions: 0.21 against 0.42 s, 16.8 against
-# 17.1 MB), and the level of the document parts pyarrow writes.
+# Every Parquet file the loader writes with DuckDB is zstd at level 1: half the CPU of DuckDB's
+# default level 3 for files as small (the 540,000 rows of users_quizzs_links_questions: 0.21
+# against 0.42 s, 16.8 against 17.1 MB), and the level of the document parts pyarrow writes.
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
 BSON_MACROS = files("loader").joinpath("sql/bson.sql").read_text(encoding="utf-8")
 

@@ -378,7 +378,7 @@ def _fetch(source: Source, ids: list, writer: _PartWriter, rejects: list[Reject]
 def _write_tombstones(con, ids: str, scratch: Path) -> int:
     """The _id of the query `ids` as the snapshot's tombstones; returns how many (no file if none)."""
     tombstones = scratch / "tombstones.parquet"
-    duck.run(con, f"COPY ({ids} ORDER BY _id) TO {duck.sql_literal(str(tombstones))} (FORMAT parquet)")
+    duck.run(con, f"COPY ({ids} ORDER BY _id) TO {duck.sql_literal(str(tombstones))} ({duck.PARQUET_OPTIONS})")
     deleted = con.execute(f"SELECT count(*) FROM read_parquet({duck.sql_literal(str(tombstones))})").fetchall()[0][0]
     if not deleted:
         tombstones.unlink()
@@ -517,7 +517,7 @@ def _raw_id(document: RawBSONDocument) -> str:
 def _write_rejects(con, rejects: list[Reject], path: Path) -> None:
     table = pa.Table.from_pylist([r.__dict__ | {"_id": r.source_id} for r in rejects], schema=_REJECT_SCHEMA)
     con.register("extract_rejects", table)
-    duck.run(con, f"COPY extract_rejects TO {duck.sql_literal(str(path))} (FORMAT parquet)")
+    duck.run(con, f"COPY extract_rejects TO {duck.sql_literal(str(path))} ({duck.PARQUET_OPTIONS})")
     con.unregister("extract_rejects")
 
 
