@@ -489,6 +489,37 @@ def test_a_forced_run_finds_the_kept_tokens_again(generated_source, postgres, tm
     assert_same_tables(a, reference, "the added question answered after a forced run")
 
 
+# --------------------------------------------------------------------------- a parent rewritten, its keys kept or not
+
+def test_a_parent_rewritten_with_the_same_keys_leaves_its_children_unchecked(generated_source, postgres, tmp_path):
+    """A child table is checked against its parents' keys: a user renamed rewrites the staged users
+    but keeps their ids, so messages (no change of its own) keeps its outputs without checking
+    them again; a user deleted takes an id away, and messages is checked again. Both runs converge."""
+    source, db = generated_source, generated_source.db
+    clock, pick = Clock(source.data), Picker(source.data)
+    a = Target.fresh(source, postgres, tmp_path / "staging", "parent_keys")
+    a.loader("run")
+    owners = a.ids("users")
+    renamed = pick.one("users", lambda u: str(u["_id"]) in owners)
+    stamp(db, "users", renamed["_id"], clock(), firstname="Renamed")
+    a.loader("run")
+    state = Staging(a.staging).transform_state()
+    assert state["users"]["mode"] == "incremental", state["users"]
+    assert state["messages"]["mode"] == "unchanged" and "check" not in state["messages"]["phases"], state["messages"]
+    assert_same_tables(a, rebuild(source, postgres, tmp_path), "a user renamed")
+
+    senders = Counter(m["sender"] for m in source.data["messages"] if isinstance(m.get("sender"), ObjectId))
+    gone = pick.one("users", lambda u: str(u["_id"]) in owners and senders[u["_id"]] > 0)
+    db.users.delete_one({"_id": gone["_id"]})
+    a.loader("run")
+    messages = Staging(a.staging).transform_state()["messages"]
+    assert "check" in messages["phases"], messages
+    # its messages lost their sender: rejected (or the reference nulled, with a warning)
+    issues = ("rejected", "warnings")
+    assert sum(map(messages.get, issues)) > sum(map(state["messages"].get, issues)), (messages, state["messages"])
+    assert_same_tables(a, rebuild(source, postgres, tmp_path), "a user deleted")
+
+
 # --------------------------------------------------------------------------- a delta of tombstones only
 
 def test_deleting_the_most_recent_document_of_a_collection(generated_source, postgres, tmp_path):

@@ -130,6 +130,7 @@ class _Run:
         self.state = staging.transform_state()
         self.changed: dict[tuple[str, str], str] = {}  # (collection, consumed snapshot) -> relation
         self.states: dict[str, str | None] = {}  # table -> hash of its staged rows, until rewritten
+        self.key_digests: dict[tuple[str, str], str] = {}  # (hash of a table's staged rows, column) -> _key_digest
         self.viewed: set[str] = set()  # collections with a view src_<collection>
         self.full: dict[str, bool] = {}  # group (its first table) -> re-derived whole
         self._thread = threading.local()
@@ -263,10 +264,10 @@ class _Run:
                 derived = new
             else:
                 old = rows.current_sql()
-                # Outputs computed from other parents' rows are checked again anyway: the units'
-                # rows then only decide whether to keep a delta, and keeping one that changes
-                # nothing costs less than comparing (a scan of the table's derived rows).
-                if not stale:
+                # Comparing scans the table's derived rows: keeping a delta costs less when the
+                # outputs are checked again anyway, or when a parent's rows were rewritten since
+                # (a change of the source that, as a rule, changed this table's rows too).
+                if not stale and not self._parents_rewritten(table):
                     with _timed(phases, "compare"):
                         replaced = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
@@ -302,10 +303,11 @@ class _Run:
 
     def _untouched(self, tables: list[Table], consumed: dict[str, str]) -> bool:
         """No snapshot since the tables' last transform and no parent rewritten since: their
-        outputs stand as they are."""
+        outputs stand as they are. (A strategy may read a parent's rows: the moments' selection
+        picks the moments whose users_logbook row appeared or went.)"""
         return all(
             self.state[t.name]["consumed"].get(c) == consumed[c] for t in tables for c in t.sources()
-        ) and not any(self._outputs_stale(t) for t in tables)
+        ) and not any(self._outputs_stale(t) or self._parents_rewritten(t) for t in tables)
 
     def _unchanged(self, table: Table) -> TableResult:
         """The counts of the table's last transform, as an unchanged result."""
@@ -432,12 +434,35 @@ FROM records WHERE _dropped IS NOT NULL""")
         ).fetchall()[0][0])
 
     def _outputs_stale(self, table: Table) -> bool:
-        """The outputs were not computed from the current parents' rows (or are missing)."""
+        """The outputs were not checked against the parents' current keys (or are missing, or
+        were replaced since): a parent rewritten with the same keys leaves every row's checks
+        as they were."""
         state = self.state.get(table.name, {})
-        return state.get("output") != self._table_state(table.name) or state.get("parents") != self._parent_hashes(table)
+        return state.get("output") != self._table_state(table.name) or state.get("parent_keys") != self._parent_keys(table)
+
+    def _parents_rewritten(self, table: Table) -> bool:
+        return self.state.get(table.name, {}).get("parents") != self._parent_hashes(table)
 
     def _parent_hashes(self, table: Table) -> dict[str, str | None]:
         return {p: self._table_state(p) for p in sorted(table.parents)}
+
+    def _parent_keys(self, table: Table) -> dict[str, str | None]:
+        """Per parent column a foreign key of the table references, a digest of its values."""
+        return {f"{c.foreign_key.table}.{c.foreign_key.column}": self._key_digest(c.foreign_key.table, c.foreign_key.column)
+                for c in _checked_references(table)}
+
+    def _key_digest(self, parent: str, column: str) -> str | None:
+        """An order-free digest of the set of values of a column of a table's staged rows (an
+        identity: no value twice), computed once per version of the file in a run."""
+        version = (self._table_state(parent), column)
+        if version[0] is None:
+            return None
+        if version not in self.key_digests:
+            key = q(column)
+            digest = self.con.execute(f"SELECT count({key}), bit_xor(hash({key})), sum(hash({key}) >> 11) "
+                                      f"FROM {_read(self.staging.table_file(parent))}").fetchall()[0]
+            self.key_digests[version] = text_hash(repr(digest))
+        return self.key_digests[version]
 
     def _table_state(self, name: str) -> str | None:
         """Staging.table_state, hashed once per file version in a run."""
@@ -474,7 +499,9 @@ FROM records WHERE _dropped IS NOT NULL""")
             "fingerprint": self.fingerprint(table),
             "consumed": {c: consumed[c] for c in table.sources()},
             "output": self._table_state(table.name),
+            # the parents' staged rows these outputs agree with (the load reads it), and their keys
             "parents": self._parent_hashes(table),
+            "parent_keys": self._parent_keys(table),
         }
         with self._lock:
             self.state[table.name] = state
@@ -553,10 +580,15 @@ def _references_sql(documents: str) -> str:
     return f"SELECT _id AS _unit, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref FROM {documents}"
 
 
+def _checked_references(table: Table) -> list[Column]:
+    """The columns whose foreign key the check phase reads. References to a generated key are
+    checked by the strategy (moments: no_users_logbook_match)."""
+    return [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.resolved_at_load]
+
+
 def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
     """Null dangling nullable references (warning fk_nulled), reject dangling required ones."""
-    # References to a generated key are checked by the strategy (moments: no_users_logbook_match).
-    checks = [c for c in table.foreign_keys if c.foreign_key.table != table.name and not c.resolved_at_load]
+    checks = _checked_references(table)
     if not checks:
         return f"SELECT * FROM {typed}"
     replaced, problems, warnings = [], [], []
