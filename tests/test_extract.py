@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 import pytest
@@ -159,6 +160,41 @@ def test_a_snapshot_another_process_records_is_seen(db, tmp_path):
     stage(db, writer, "items")
     assert [s.kind for s in reader.snapshots("items")] == [FULL, DELTA]
     assert staged_documents(reader, "items") == staged_documents(writer, "items")
+
+
+def test_the_manifest_lists_the_current_views_and_the_history_the_earlier_snapshots(db, tmp_path):
+    """manifest.json lists each collection's current view (rewritten at every commit, it stays
+    small); the snapshots a new base supersedes go to history/<collection>.jsonl, appended, and
+    every snapshot is still listed, in order. A manifest of the previous version (every snapshot
+    in it) is split at the next write; a history line an interrupted append cut short is skipped."""
+    db.items.insert_many(documents(3))
+    staging = Staging(tmp_path)
+
+    def change(n: int, hours: int):
+        db.items.update_one({"n": n}, {"$set": {"n": n + 10, "update_date": T0 + timedelta(hours=hours)}})
+        return stage(db, staging, "items")
+
+    def listed() -> list[str]:
+        return [s["id"] for s in json.loads(staging.manifest_path.read_text())["collections"]["items"]]
+
+    full, delta = stage(db, staging, "items"), change(0, 1)
+    compacted = mongo.compact(duck.connect(), staging, "items")
+    assert listed() == [compacted.id]
+    assert [s.id for s in Staging(tmp_path).snapshots("items")] == [full.id, delta.id, compacted.id]
+    assert [s.id for s in staging.chain("items", upto=delta.id)] == [full.id, delta.id]
+
+    previous = {"version": 2, "collections": {"items": [asdict(full), asdict(delta), asdict(compacted)]}}
+    staging.history_path("items").unlink()
+    staging.manifest_path.write_text(json.dumps(previous))
+    assert [s.id for s in Staging(tmp_path).snapshots("items")] == [full.id, delta.id, compacted.id]
+    second = change(1, 2)
+    assert listed() == [compacted.id, second.id]
+    with staging.history_path("items").open("a") as out:
+        out.write('{"collection": "items", "id": "cut sh')
+    recompacted = mongo.compact(duck.connect(), staging, "items")
+    assert listed() == [recompacted.id]
+    assert [s.id for s in Staging(tmp_path).snapshots("items")] == [full.id, delta.id, compacted.id, second.id, recompacted.id]
+    assert staged_numbers(staging, "items") == source_numbers(db, "items")
 
 
 def source_numbers(db, name: str) -> dict[str, int]:

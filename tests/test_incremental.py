@@ -18,14 +18,13 @@ watermark.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -86,9 +85,8 @@ class Target:
         return result.stdout
 
     def snapshots(self, collection: str) -> list[dict]:
-        """The snapshots of `collection` recorded in S/manifest.json, oldest first."""
-        manifest = json.loads((self.staging / "manifest.json").read_text(encoding="utf-8"))
-        return manifest["collections"].get(collection, [])
+        """The snapshots of `collection` recorded in S (its history and current view), oldest first."""
+        return [asdict(s) for s in Staging(self.staging).snapshots(collection)]
 
     def query(self, statement: str, *params) -> list[tuple]:
         with connect(self.env) as conn:
@@ -280,7 +278,7 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
 
     def synchronise(step: str) -> tuple[Target, dict[str, list[dict]]]:
         """(a) incremental run into A, (b) full rebuild B, (c) A == B. Returns B and, per
-        collection, the snapshots the incremental run added to S/manifest.json."""
+        collection, the snapshots the incremental run added to S."""
         before = {c: len(a.snapshots(c)) for c in generator.COLLECTIONS}
         a.loader("run")
         added = {c: a.snapshots(c)[before[c]:] for c in generator.COLLECTIONS}

@@ -5,7 +5,6 @@ outputs showing what the source changes left there.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from nbclient import NotebookClient
 
 import test_incremental
 from conftest import ROOT
+from loader.staging import Staging
 from test_incremental import Clock, Target, new_document, stamp
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -90,9 +90,9 @@ def test_notebooks_show_the_staged_changes(generated_source, target, tmp_path):
     loader.loader("run")
 
     parts = {path.name: outputs_by_part(execute(path, staging)) for path in NOTEBOOKS}["staging.ipynb"]
-    manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))["collections"]
-    snapshots = [s for history in manifest.values() for s in history]
-    assert f"{sum(s['bytes'] for s in snapshots):,} bytes in {len(snapshots)} snapshots" in parts["1"], parts["1"][:SHOWN]
+    kept = Staging(staging)
+    snapshots = [s for c in kept.collections() for s in kept.snapshots(c)]
+    assert f"{sum(s.bytes for s in snapshots):,} bytes in {len(snapshots)} snapshots" in parts["1"], parts["1"][:SHOWN]
     assert "[image]" in parts["2"], "no figure of the documents by month"
     assert "users_logbooks_moments" in parts["3"], parts["3"][:SHOWN]
     assert "none: the extract rejected no document" in parts["4"], parts["4"][:SHOWN]

@@ -44,7 +44,7 @@ from loader.extract import changes
 from loader.extract.changes import Changes
 from loader.progress import ProgressHook
 from loader.settings import Settings
-from loader.staging import BASES, COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now, write_document_part
+from loader.staging import COMPACTED, DELTA, FULL, NO_IDS, REJECTS_FILE, Snapshot, Staging, new_snapshot_id, utc_now, write_document_part
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # A part file is flushed at whichever comes first (bounded memory whatever the documents' size).
@@ -291,7 +291,7 @@ def _stage_documents(source: Source, query: dict, writer: _PartWriter, hook: Pro
 
 def next_snapshot(staging: Staging, name: str, force_full: bool, overlap_seconds: int) -> tuple[bool, datetime | None, str]:
     """(full?, start of the delta, why) of the next snapshot of a collection."""
-    base = next((s for s in reversed(staging.snapshots(name)) if s.kind in BASES), None)
+    base = staging.current_base(name)
     reason = "forced" if force_full else "first extract" if base is None else "staged with a projection" if base.fields else None
     if reason:
         return True, None, f"full ({reason})"
@@ -428,7 +428,7 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
     stays; readers of the view then read one snapshot instead of a base and many deltas)."""
     clock, started = time.perf_counter(), utc_now()
     snapshot_id = new_snapshot_id()
-    latest = staging.snapshots(collection)[-1]
+    latest = staging.chain(collection)[-1]
     scratch = staging.begin_snapshot(collection, snapshot_id)
     part = scratch / "part-00000.parquet"
     write_document_part(con, f"{staging.view_sql(collection)} ORDER BY _id", part)
