@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +55,7 @@ from loader.duck import parquet_source, sql_literal, sql_literals
 # 3: the snapshots before a collection's last base moved to history/<collection>.jsonl (2: all
 # of them in manifest.json, which a write splits).
 MANIFEST_VERSION = 3
+_EMPTY_MANIFEST = {"version": MANIFEST_VERSION, "collections": {}}  # shared, never modified
 FULL, DELTA, COMPACTED = "full", "delta", "compacted"
 BASES = (FULL, COMPACTED)
 DOCUMENT_COLUMNS = "_id, creation_date, update_date, doc"
@@ -129,8 +131,7 @@ class Staging:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._manifest_lock = threading.Lock()
-        self._parsed: tuple[tuple[int, int, int], dict] | None = None  # the manifest file's version, parsed
-        self._histories: dict[str, tuple[tuple[int, int, int], list[dict]]] = {}  # collection -> the same for its history
+        self._parsed: dict[Path, tuple[tuple[int, int, int], object]] = {}  # file -> its version, parsed (_parsed_once)
 
     # ------------------------------------------------------------ layout
     @property
@@ -240,7 +241,7 @@ class Staging:
             collections[collection] = listed[base:]
         manifest = manifest | {"version": MANIFEST_VERSION, "collections": collections}
         written = write_json_atomically(self.manifest_path, manifest, indent=None)
-        self._parsed = (_file_version(written), manifest)  # what was just written: not parsed again
+        self._parsed[self.manifest_path] = (_file_version(written), manifest)  # what was just written: not parsed again
 
     def _append_history(self, collection: str, snapshots: list[dict]) -> None:
         path = self.history_path(collection)
@@ -251,29 +252,27 @@ class Staging:
             out.write("".join(json.dumps(s, default=str) + "\n" for s in snapshots).encode())
 
     def _history(self, collection: str) -> list[dict]:
-        """The collection's earlier snapshots, parsed once per version of its history file."""
-        path = self.history_path(collection)
+        """The collection's earlier snapshots."""
+        def parse(path: Path) -> list[dict]:
+            return [entry for line in path.read_text(encoding="utf-8").splitlines() if (entry := _json_line(line))]
+
+        return self._parsed_once(self.history_path(collection), parse, [])
+
+    def _current_manifest(self) -> dict:
+        """The manifest (a transform asks for it hundreds of times)."""
+        return self._parsed_once(self.manifest_path, lambda path: self.read_manifest(), _EMPTY_MANIFEST)
+
+    def _parsed_once(self, path: Path, parse: Callable[[Path], object], missing: object):
+        """`parse(path)`, once per version of the file, told by its inode, modification time and
+        size (a write replaces or appends to it); `missing` when there is no file. Shared: never
+        modified (a writer writes a new object)."""
         try:
             version = _file_version(path.stat())
         except FileNotFoundError:
-            return []
-        parsed = self._histories.get(collection)
+            return missing
+        parsed = self._parsed.get(path)
         if parsed is None or parsed[0] != version:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            parsed = self._histories[collection] = (version, [entry for line in lines if (entry := _json_line(line))])
-        return parsed[1]
-
-    def _current_manifest(self) -> dict:
-        """The manifest, parsed once per version of the file: a transform asks for it hundreds
-        of times. A version is told by the file's inode, modification time and size (a write
-        replaces the file). Shared: never modified (a writer writes a new dictionary)."""
-        try:
-            version = _file_version(self.manifest_path.stat())
-        except FileNotFoundError:
-            return self.read_manifest()
-        parsed = self._parsed
-        if parsed is None or parsed[0] != version:
-            parsed = self._parsed = (version, self.read_manifest())
+            parsed = self._parsed[path] = (version, parse(path))
         return parsed[1]
 
     def collections(self) -> list[str]:
