@@ -518,6 +518,34 @@ def test_a_parent_rewritten_with_the_same_keys_leaves_its_children_unchecked(gen
     assert_same_tables(a, rebuild(source, postgres, tmp_path), "a user deleted")
 
 
+def test_a_moment_listing_the_questions_of_another_derives_both_again(generated_source, postgres, tmp_path):
+    """A logbook userquizz copied (with its coaching logbook) lists the user questions of the
+    original: their details go to the most recently updated moment, the other's are dropped
+    (detail_moved). The incremental transform derives the original's moment again with the copy's
+    (it checks only the re-derived moments' details), and again when the copy is renamed."""
+    source, db = generated_source, generated_source.db
+    clock = Clock(source.data)
+    a = Target.fresh(source, postgres, tmp_path / "staging", "shared_identity")
+    a.loader("run")
+    [(moment, details)] = a.query("SELECT user_logbook_moment_id, count(*) FROM users_logbooks_moments_details "
+                                  "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")
+    original = db.userquizzs.find_one({"_id": ObjectId(moment)})
+    copy = {**original, **new_document(clock())}
+    logbook = db.coachinglogbooks.find_one({"logbook": original["_id"]})
+    db.userquizzs.insert_one(copy)
+    db.coachinglogbooks.insert_one({**logbook, **new_document(clock()), "logbook": copy["_id"]})
+    a.loader("run")
+    state = Staging(a.staging).transform_state()["users_logbooks_moments_details"]
+    assert state["mode"] == "incremental" and state["reasons"].get("detail_moved") == details, state
+    assert a.query("SELECT count(*) FROM users_logbooks_moments_details WHERE user_logbook_moment_id = %s",
+                   str(copy["_id"])) == [(details,)]
+    assert_same_tables(a, rebuild(source, postgres, tmp_path), "a logbook userquizz copied")
+
+    stamp(db, "userquizzs", copy["_id"], clock(), name=f"{copy.get('name')} (copie)")
+    a.loader("run")
+    assert_same_tables(a, rebuild(source, postgres, tmp_path), "the copy renamed")
+
+
 # --------------------------------------------------------------------------- a delta of tombstones only
 
 def test_deleting_the_most_recent_document_of_a_collection(generated_source, postgres, tmp_path):

@@ -31,11 +31,22 @@ logbook_match AS (   -- does the users_logbook row of the last emitted or unmatc
     FROM {derived} d
     LEFT JOIN {parent_users_logbook} ul ON ul.user_id = d.user_logbook_id__user_id AND ul.day = d.user_logbook_id__day
     WHERE d._source_collection = 'userquizzs' AND (d._dropped IS NULL OR d._dropped = 'no_users_logbook_match')
+),
+selected AS (
+    SELECT _id FROM {changed_ids_userquizzs}                                                         -- rule 1
+    UNION
+    SELECT moment_id FROM quiz_refs WHERE ref IN (SELECT question_id FROM touched_questions)
+    UNION
+    SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.logbook'), '_id') FROM {changed_coachinglogbooks} -- rule 4
+    UNION
+    SELECT moment_id FROM logbook_match WHERE found = (_dropped IS NOT NULL)
+),
+listed_questions AS (   -- the user questions the selected userquizzs list, now or before their change
+    SELECT ref FROM quiz_refs WHERE moment_id IN (SELECT _id FROM selected)
+    UNION
+    SELECT unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) FROM {changed_userquizzs}
 )
-SELECT _id FROM {changed_ids_userquizzs}                                                             -- rule 1
-UNION
-SELECT moment_id FROM quiz_refs WHERE ref IN (SELECT question_id FROM touched_questions)
-UNION
-SELECT bson_ref(json_extract(CAST(doc AS JSON), '$.logbook'), '_id') FROM {changed_coachinglogbooks}     -- rule 4
-UNION
-SELECT moment_id FROM logbook_match WHERE found = (_dropped IS NOT NULL)
+SELECT _id FROM selected
+UNION   -- a question listed by two moments gives its detail to one of them (detail_moved): both are derived again
+SELECT moment_id FROM quiz_refs
+WHERE ref IN (SELECT ref FROM listed_questions) AND ref IN (SELECT question_id FROM question_refs)
