@@ -9,9 +9,10 @@ Per table, in load order:
   3. the typing step converts and checks every column (loader/transform/typing.py); typed rows
      and dropped records replace the units' previous ones in staging/derived/<table>/ (a delta
      with the re-derived units, or a new base when re-derived whole);
-  4. over every derived row of the table: foreign keys are checked against the parent tables'
-     staged rows (C10: a dangling nullable reference is nulled with a warning, a dangling
-     required one rejects the row) and UPSERT-KEY rows are merged per key (5.5);
+  4. foreign keys are checked against the parent tables' staged rows (C10: a dangling nullable
+     reference is nulled with a warning, a dangling required one rejects the row) and UPSERT-KEY
+     rows are merged per key (5.5): over the re-derived units' rows when no other row's outcome
+     can change (_Run._finish_units), else over every derived row of the table;
   5. the rows go to staging/tables/<table>.parquet, rejects, skips and warnings with their
      reason to staging/issues/<table>.parquet, counts, the snapshots consumed and the seconds
      of each phase (PHASES) to staging/transform.json.
@@ -255,6 +256,7 @@ class _Run:
         rows = self.staging.derived_rows(name)
         replaced = True  # the units' new rows replace their previous ones (kept as a delta)
         stale = self._outputs_stale(table)
+        by_unit = False  # only the re-derived units' rows are checked (_finish_units)
         documents = 0
         if units is None or self._count(units):
             with _timed(phases, "derive"):
@@ -264,12 +266,17 @@ class _Run:
                 derived = new
             else:
                 old = rows.current_sql()
-                # Comparing scans the table's derived rows: keeping a delta costs less when the
+                # Comparing reads the units' previous rows: keeping a delta costs less when the
                 # outputs are checked again anyway, or when a parent's rows were rewritten since
                 # (a change of the source that, as a rule, changed this table's rows too).
-                if not stale and not self._parents_rewritten(table):
+                compare = not stale and not self._parents_rewritten(table)
+                by_unit = not stale and self._checked_by_unit(table)
+                if compare or by_unit:
+                    with _timed(phases, "compare" if compare else "check"):
+                        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE previous AS SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                if compare:
                     with _timed(phases, "compare"):
-                        replaced = self._differs(new, f"SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                        replaced = self._differs(new, "previous")
                 derived = f"(SELECT * FROM ({old}) WHERE _unit NOT IN (SELECT _id FROM {units}) UNION ALL BY NAME SELECT * FROM {new})"
         else:
             replaced = False
@@ -277,7 +284,8 @@ class _Run:
         if replaced or stale:
             # Outputs first, derived rows last: a crash in between re-derives the same units.
             with _timed(phases, "check"):
-                self._finish(table, derived if replaced else f"({rows.current_sql()})")
+                if not (replaced and by_unit and self._finish_units(table, old, new, units)):
+                    self._finish(table, derived if replaced else f"({rows.current_sql()})")
             with _timed(phases, "keep"):
                 if units is None:
                     self._write_base(rows, f"SELECT * FROM {new}")
@@ -479,6 +487,45 @@ FROM records WHERE _dropped IS NOT NULL""")
         self.states.pop(table.name, None)
         _copy_atomically(self.con, _issues_sql(table, "checked", derived), self.staging.issues_file(table.name))
 
+    def _checked_by_unit(self, table: Table) -> bool:
+        """Whether an incremental transform can check the re-derived units' rows alone (when the
+        parents' keys are unchanged): the table's rows have an identity that no check changes
+        (UPSERT-KEY rows are merged per key; a dangling nullable reference is nulled)."""
+        nulled = {c.name for c in _checked_references(table) if c.nullable}
+        return bool(table.identity) and not table.latest_columns and not nulled & set(table.identity)
+
+    def _finish_units(self, table: Table, old: str, new: str, units: str) -> bool:
+        """The outputs of `_finish`, checking only the re-derived units' rows (`new`; `previous`:
+        theirs before), when no other row's outcome can change: the parents' keys are those the
+        outputs were checked against (a foreign key's outcome depends on the row and those keys),
+        and no other unit's row shares an identity (rows sharing one are rejected together) or a
+        source document (its issues are listed under it) with the units' rows. tables/ keeps the
+        other rows, issues/ the other sources' records. Returns False, having written nothing,
+        when another unit's row shares one."""
+        keys = ", ".join(q(c) for c in table.identity)
+        same_keys = " AND ".join(f"o.{q(c)} IS NOT DISTINCT FROM m.{q(c)}" for c in table.identity)
+        mine = f"(SELECT {keys}, _dropped, _source_collection, _source_id FROM previous UNION ALL BY NAME SELECT {keys}, _dropped, _source_collection, _source_id FROM {new})"
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE mine AS {mine}")
+        # One pass over the other units' rows, comparing hashes: a collision only costs a whole check.
+        identity, source = f"hash({keys})", "hash(_source_collection, _source_id)"
+        shared = self.con.execute(f"""
+SELECT count(*) > 0 FROM (SELECT _unit, {keys}, _dropped, _source_collection, _source_id FROM ({old}))
+WHERE _unit NOT IN (SELECT _id FROM {units})
+  AND ((_dropped IS NULL AND {identity} IN (SELECT {identity} FROM mine WHERE _dropped IS NULL)) OR {source} IN (SELECT {source} FROM mine))""").fetchall()[0][0]
+        if shared:
+            return False
+        typed = f"(SELECT * EXCLUDE (_unit, _dropped, _dropped_value) FROM {new} WHERE _dropped IS NULL)"
+        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {_identity_check_sql(table, _foreign_key_sql(table, typed, self.staging))}")
+        kept_rows = (f"SELECT {', '.join(map(q, staged_columns(table)))} FROM {_read(self.staging.table_file(table.name))} o "
+                     f"ANTI JOIN (SELECT {keys} FROM mine) m ON {same_keys}")
+        _copy_atomically(self.con, f"{kept_rows} UNION ALL {_accepted_rows_sql(table, 'checked')}", self.staging.table_file(table.name))
+        self.states.pop(table.name, None)
+        kept_issues = (f"SELECT * FROM {_read(self.staging.issues_file(table.name))} o ANTI JOIN "
+                       f"(SELECT DISTINCT _source_collection AS source_collection, {_issue_text('_source_id')} AS source_id FROM mine) m "
+                       f"ON o.source_collection IS NOT DISTINCT FROM m.source_collection AND o.source_id IS NOT DISTINCT FROM m.source_id")
+        _copy_atomically(self.con, _issues_sql(table, "checked", new, kept_issues), self.staging.issues_file(table.name))
+        return True
+
     def _counts(self, table: Table, mode: str, documents: int) -> TableResult:
         issues = _read(self.staging.issues_file(table.name))
         kinds = dict(self.con.execute(f"SELECT kind, count(*) FROM {issues} GROUP BY kind").fetchall())
@@ -669,13 +716,15 @@ def _accepted_rows_sql(table: Table, checked: str) -> str:
     return f"SELECT {', '.join(merged)} FROM {checked} WHERE _problem IS NULL GROUP BY {', '.join(q(c) for c in table.natural_key)}"
 
 
-def _issues_sql(table: Table, checked: str, derived: str) -> str:
+def _issues_sql(table: Table, checked: str, derived: str, kept: str | None = None) -> str:
     """One record per reject (`_problem`), per warning of an accepted row, and per record the
-    strategy dropped (a skip or a warning, C10, 4.8). A NUL in an `_id` or a value is written
-    `\\x00` (the log goes to PostgreSQL's loader_rejects, whose text cannot hold it)."""
+    strategy dropped (a skip or a warning, C10, 4.8), with the records `kept` (written before).
+    A NUL in an `_id` or a value is written `\\x00` (the log goes to PostgreSQL's
+    loader_rejects, whose text cannot hold it)."""
     name = sql_literal(table.name)
     return f"""
-SELECT * REPLACE (replace(source_id, chr(0), '\\x00') AS source_id, replace(value, chr(0), '\\x00') AS value) FROM (
+SELECT * FROM (
+SELECT * REPLACE ({_issue_text('source_id')} AS source_id, {_issue_text('value')} AS value) FROM (
 SELECT {name} AS "table", _source_collection AS source_collection, _source_id AS source_id,
        'reject' AS kind, _problem.reason AS reason, _problem."column" AS "column", _problem.value AS value
 FROM {checked} WHERE _problem IS NOT NULL
@@ -684,8 +733,13 @@ SELECT {name}, _source_collection, _source_id, 'warning', w.reason, w."column", 
 FROM (SELECT _source_collection, _source_id, unnest(_warnings) AS w FROM {checked} WHERE _problem IS NULL)
 UNION ALL
 SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, _dropped_value
-FROM {derived} WHERE _dropped IS NOT NULL)
+FROM {derived} WHERE _dropped IS NOT NULL){f" UNION ALL SELECT * FROM ({kept})" if kept else ""})
 ORDER BY 4, 5, 3"""
+
+
+def _issue_text(column: str) -> str:
+    """A text as the issue log writes it: a NUL as `\\x00`."""
+    return f"replace({column}, chr(0), '\\x00')"
 
 
 def _copy_atomically(con, query: str, path: Path) -> None:
