@@ -483,9 +483,13 @@ FROM records WHERE _dropped IS NOT NULL""")
         typed = f"(SELECT * EXCLUDE (_unit, _dropped, _dropped_value) FROM {derived} WHERE _dropped IS NULL)"
         checks = _identity_check_sql(table, _merge_check_sql(table, _foreign_key_sql(table, typed, self.staging)))
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {checks}")
-        _copy_atomically(self.con, _accepted_rows_sql(table, "checked"), self.staging.table_file(table.name))
+        self._write_outputs(table, _accepted_rows_sql(table, "checked"), _issues_sql(table, "checked", derived))
+
+    def _write_outputs(self, table: Table, rows: str, issues: str) -> None:
+        """The queries' results as the table's staged rows and issues."""
+        _copy_atomically(self.con, rows, self.staging.table_file(table.name))
         self.states.pop(table.name, None)
-        _copy_atomically(self.con, _issues_sql(table, "checked", derived), self.staging.issues_file(table.name))
+        _copy_atomically(self.con, issues, self.staging.issues_file(table.name))
 
     def _checked_by_unit(self, table: Table) -> bool:
         """Whether an incremental transform can check the re-derived units' rows alone (when the
@@ -518,12 +522,11 @@ WHERE _unit NOT IN (SELECT _id FROM {units})
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE checked AS {_identity_check_sql(table, _foreign_key_sql(table, typed, self.staging))}")
         kept_rows = (f"SELECT {', '.join(map(q, staged_columns(table)))} FROM {_read(self.staging.table_file(table.name))} o "
                      f"ANTI JOIN (SELECT {keys} FROM mine) m ON {same_keys}")
-        _copy_atomically(self.con, f"{kept_rows} UNION ALL {_accepted_rows_sql(table, 'checked')}", self.staging.table_file(table.name))
-        self.states.pop(table.name, None)
         kept_issues = (f"SELECT * FROM {_read(self.staging.issues_file(table.name))} o ANTI JOIN "
                        f"(SELECT DISTINCT _source_collection AS source_collection, {_issue_text('_source_id')} AS source_id FROM mine) m "
                        f"ON o.source_collection IS NOT DISTINCT FROM m.source_collection AND o.source_id IS NOT DISTINCT FROM m.source_id")
-        _copy_atomically(self.con, _issues_sql(table, "checked", new, kept_issues), self.staging.issues_file(table.name))
+        self._write_outputs(table, f"{kept_rows} UNION ALL {_accepted_rows_sql(table, 'checked')}",
+                            _issues_sql(table, "checked", new, kept_issues))
         return True
 
     def _counts(self, table: Table, mode: str, documents: int) -> TableResult:
@@ -624,7 +627,7 @@ def _read(path: Path) -> str:
 def _references_sql(documents: str) -> str:
     """The 24-hex tokens (an ObjectId or a hex string, C5) of each document: a superset of its
     references, which only costs a few extra candidates."""
-    return f"SELECT _id AS _unit, unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) AS ref FROM {documents}"
+    return f"SELECT _id AS _unit, unnest(bson_ref_tokens(doc)) AS ref FROM {documents}"
 
 
 def _checked_references(table: Table) -> list[Column]:

@@ -44,7 +44,7 @@ selected AS (
 listed_questions AS (   -- the user questions the selected userquizzs list, now or before their change
     SELECT ref FROM quiz_refs WHERE moment_id IN (SELECT _id FROM selected)
     UNION
-    SELECT unnest(regexp_extract_all(doc, '[0-9a-fA-F]{{24}}')) FROM {changed_userquizzs}
+    SELECT unnest(bson_ref_tokens(doc)) FROM {changed_userquizzs}
 )
 SELECT _id FROM selected
 UNION   -- a question listed by two moments gives its detail to one of them (detail_moved): both are derived again
