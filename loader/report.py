@@ -108,6 +108,7 @@ def extract_summary(snapshots: list[Snapshot]) -> RichTable:
     for s in snapshots:
         rate = f"{s.documents / s.seconds:,.0f}" if s.seconds and s.documents else "-"
         note = "absent from source" if s.source_missing else s.id if s.kind == FULL or s.documents or s.deleted or s.rejected else "no change"
+        note += f" ({s.reason})" if s.reason else ""
         table.add_row(s.collection, s.kind, f"{s.documents:,}", f"{s.deleted:,}", f"{s.rejected:,}", f"{s.seconds:.2f}", rate, note)
     return table
 

@@ -112,6 +112,10 @@ class Snapshot:
     deleted: int = 0  # tombstones recorded
     since: str | None = None  # delta: the documents stamped at or after this instant
     fields: tuple[str, ...] = ()  # a projection (older snapshots); empty: whole documents
+    # Documents whose _id may not be an ObjectId (None: not counted, older snapshots): only
+    # they can share an _id text with another document (5 and "5"), which a delta cannot tell apart.
+    plain_ids: int | None = None
+    reason: str | None = None  # why a full snapshot was taken where a delta was due
 
     @property
     def watermark(self) -> str | None:

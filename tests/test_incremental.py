@@ -546,6 +546,48 @@ def test_a_moment_listing_the_questions_of_another_derives_both_again(generated_
     assert_same_tables(a, rebuild(source, postgres, tmp_path), "the copy renamed")
 
 
+# --------------------------------------------------------------------------- _ids that read alike
+
+def test_documents_whose_ids_read_alike_are_staged_whole(generated_source, postgres, tmp_path):
+    """An ObjectId and its hex string, or 5 and "5", give one `_id` text (C5), the key of a delta:
+    it would keep one of the two documents. The extract stages such a collection whole instead,
+    and each run converges: both rejected as duplicates, then the one left loaded; once no
+    `_id` is shared, deltas resume."""
+    source, db = generated_source, generated_source.db
+    clock = Clock(source.data)
+    a = Target.fresh(source, postgres, tmp_path / "staging", "alike")
+    a.loader("run")
+    company = source.data["companies"][0]
+    hex_id = str(company["_id"])
+    assert hex_id in a.ids("companies")
+
+    def insert(*ids) -> None:
+        at = clock()
+        db.companies.insert_many([{**company, "_id": i, "creation_date": at, "update_date": at} for i in ids])
+
+    def run(step: str, kind: str, loaded: set[str], rejected: set[str]) -> None:
+        a.loader("run")
+        newest = a.snapshots("companies")[-1]
+        assert newest["kind"] == kind, newest
+        assert ("shared by two documents" in (newest["reason"] or "")) == (kind == "full"), newest
+        assert loaded <= a.ids("companies") and not rejected & a.ids("companies"), step
+        assert_same_tables(a, rebuild(source, postgres, tmp_path), step)
+
+    insert(hex_id)
+    run("the hex string of an ObjectId inserted", "full", set(), {hex_id})
+    db.companies.delete_one({"_id": hex_id})
+    run("the hex string deleted", "full", {hex_id}, set())
+    insert(5, "5")
+    run("5 and \"5\" inserted", "full", {hex_id}, {"5"})
+    db.companies.delete_one({"_id": "5"})
+    run("\"5\" deleted", "full", {"5"}, set())
+    insert("5")
+    db.companies.delete_one({"_id": "5"})  # only the deletion event tells of it: 5 stays
+    run("\"5\" inserted and deleted between two runs", "full", {"5"}, set())
+    stamp(db, "companies", company["_id"], clock(), name="Renamed")
+    run("a company renamed", "delta", {hex_id, "5"}, set())
+
+
 # --------------------------------------------------------------------------- a delta of tombstones only
 
 def test_deleting_the_most_recent_document_of_a_collection(generated_source, postgres, tmp_path):

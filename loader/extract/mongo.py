@@ -33,6 +33,7 @@ from pathlib import Path
 import bson
 import bsonjs
 import pyarrow as pa
+import pyarrow.compute as pc
 import pymongo
 from bson import ObjectId, json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
@@ -52,6 +53,10 @@ PART_MAX_DOCUMENTS = 100_000
 PART_MAX_BYTES = 64 * 1024 * 1024
 
 _EMPTY_BATCH = pa.table({"doc": pa.array([], pa.large_string())})
+# How a document whose _id is an ObjectId begins, in libbson's Extended JSON and in raw BSON
+# ({"_id": ...} keys of the change stream): the first field, of type 0x07.
+_OBJECTID_JSON = '{ "_id" : { "$oid" : '
+_OBJECTID_KEY = b"\x07_id\x00"
 # A chain longer than this (a base and its deltas) is compacted into one base after an extract.
 MAX_DELTAS = 16
 # A full snapshot is read in parallel _id ranges from this many documents on (below, one cursor).
@@ -210,9 +215,10 @@ def delta_queries(since: datetime) -> list[dict]:
 
 def stage_collection(
     con, staging: Staging, source: Source, force_full: bool, overlap_seconds: int, ranges: int = 1,
-    on_progress: ProgressHook | None = None,
+    on_progress: ProgressHook | None = None, reason: str | None = None,
 ) -> Snapshot:
-    """Write one snapshot of a collection; a delta without change is not recorded."""
+    """Write one snapshot of a collection; a delta without change is not recorded. A delta that
+    would merge two documents (`_shared_ids`) is staged whole instead, `reason` saying why."""
     hook = on_progress or ProgressHook()
     snapshot_id = new_snapshot_id()
     started, clock = utc_now(), time.perf_counter()
@@ -240,15 +246,19 @@ def stage_collection(
     if full:
         writers[0].close(keep_empty=True)
     if full:
-        deleted = 0
+        deleted, events = 0, None
     elif source.changes is not None:
-        deleted = _apply_changes(con, staging, source, scratch, writers, rejects, hook)
+        deleted, events = _apply_changes(con, staging, source, scratch, writers, rejects, hook)
     else:
-        deleted = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook)
+        deleted, events = _detect_deletions(con, staging, source, count, scratch, writers, rejects, hook), None
+    hook.finish(source.name)
+    if not full and (shared := _shared_ids(con, staging, source, writers, events)):
+        shutil.rmtree(scratch)
+        return stage_collection(con, staging, source, True, overlap_seconds, ranges, on_progress,
+                                reason=f"staged whole: {shared:,} _id text(s) shared by two documents (5 and \"5\")")
     parts = [p for w in writers for p in w.parts]
     if not full:
         parts = _without_unchanged(con, staging, source.name, parts)
-    hook.finish(source.name)
     if rejects:
         _write_rejects(con, rejects, scratch / REJECTS_FILE)
 
@@ -268,6 +278,8 @@ def stage_collection(
         source_missing=not source.exists,
         deleted=deleted,
         since=since.isoformat() if since else None,
+        plain_ids=sum(w.plain_ids for w in writers),
+        reason=reason,
     )
     if full or documents or deleted or rejects:
         staging.commit_snapshot(scratch, snapshot)
@@ -307,21 +319,43 @@ def _delta_start(watermark: str | None, overlap_seconds: int) -> datetime | None
 
 
 def _apply_changes(con, staging: Staging, source: Source, scratch: Path, writers: list[_PartWriter],
-                   rejects: list[Reject], hook: ProgressHook) -> int:
+                   rejects: list[Reject], hook: ProgressHook) -> tuple[int, str | None]:
     """Tombstones and missed documents from the change stream's events: a document last
     inserted, updated or replaced that the delta did not read is fetched (a change that set no
     timestamp; one gone since is told by the next extract's events); one last deleted is
-    tombstoned if it is staged and the delta did not read it again."""
+    tombstoned if it is staged and the delta did not read it again. Returns the tombstones
+    written and a query of the deleted events' `_id` and `doc` (None without any)."""
     if source.changes.touched:
         touched = _event_ids(con, "touched", source.changes.touched, rejects)
         missed = [json_util.loads(doc)["_id"] for (doc,) in con.execute(
             f"SELECT doc FROM ({touched}) WHERE _id NOT IN ({_read_ids(writers)})").fetchall()]
         _fetch(source, missed, writers[-1], rejects, hook)
     if not source.changes.deleted:
-        return 0
+        return 0, None
     deleted = _event_ids(con, "deleted", source.changes.deleted, rejects)
     return _write_tombstones(con, f"SELECT _id FROM ({staging.view_sql(source.name)}) "
-                                  f"WHERE _id IN (SELECT _id FROM ({deleted})) AND _id NOT IN ({_read_ids(writers)})", scratch)
+                                  f"WHERE _id IN (SELECT _id FROM ({deleted})) AND _id NOT IN ({_read_ids(writers)})", scratch), deleted
+
+
+def _shared_ids(con, staging: Staging, source: Source, writers: list[_PartWriter], events: str | None) -> int:
+    """The `_id` texts two different `_id` values give (5 and "5"; an ObjectId and its hex
+    string, C5) among the staged documents, the delta's and the deleted events' (`events`). A
+    delta keys documents by that text, so it would keep one of the two where a full snapshot
+    stages both (and the transform rejects both as duplicates, as a rebuild does). Only asked
+    when some of these `_id`s may not be ObjectIds (snapshots staged before they were counted
+    are taken as holding none)."""
+    events_plain = source.changes is not None and any(key[4:9] != _OBJECTID_KEY for key in source.changes.deleted)
+    if not (events_plain or any(w.plain_ids for w in writers) or any(s.plain_ids for s in staging.chain(source.name))):
+        return 0
+    parts = [p for w in writers for p in w.parts]
+    relations = [staging.view_sql(source.name)]
+    relations += [f"SELECT * FROM {duck.parquet_source(parts)}"] if parts else []
+    relations += [events] if events else []
+    ids, docs = (" UNION ALL ".join(f"SELECT {columns} FROM ({r})" for r in relations) for columns in ("_id", "_id, doc"))
+    return con.execute(f"""
+        WITH again AS (SELECT _id FROM ({ids}) GROUP BY _id HAVING count(*) > 1)
+        SELECT count(*) FROM (SELECT _id FROM ({docs}) WHERE _id IN (SELECT _id FROM again)
+                              GROUP BY _id HAVING count(DISTINCT json_extract(doc, '$._id')) > 1)""").fetchall()[0][0]
 
 
 def _event_ids(con, name: str, keys: list[bytes], rejects: list[Reject]) -> str:
@@ -447,6 +481,8 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
         max_creation_date=max_created.isoformat() if max_created else None,
         max_update_date=max_updated.isoformat() if max_updated else None,
         bytes=part.stat().st_size,
+        plain_ids=sum(s.plain_ids or 0 for s in staging.chain(collection)),
+        reason=None,
     )
     staging.commit_snapshot(scratch, snapshot)
     return snapshot
@@ -533,6 +569,7 @@ class _PartWriter:
         self._buffer: list[str] = []
         self._bytes = 0
         self._pending: Future | None = None
+        self.plain_ids = 0  # documents not starting with an ObjectId _id (see _shared_ids)
 
     def add_all(self, documents: list[str]) -> None:
         self._buffer.extend(documents)
@@ -550,6 +587,7 @@ class _PartWriter:
     def _flush(self) -> None:
         path = self.directory / f"{self.prefix}-{len(self.parts):05d}.parquet"
         batch = pa.table({"doc": pa.array(self._buffer, pa.large_string())}) if self._buffer else _EMPTY_BATCH
+        self.plain_ids += batch.num_rows - (pc.sum(pc.starts_with(batch["doc"], _OBJECTID_JSON)).as_py() or 0)
         self._wait()
         self._pending = _PART_WRITES.submit(self._write, batch, path)
         self.parts.append(path)
