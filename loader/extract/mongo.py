@@ -282,12 +282,12 @@ def stage_collection(
         reason=reason,
     )
     if full or documents or deleted or rejects:
-        staging.commit_snapshot(scratch, snapshot)
+        staging.commit_snapshot(scratch, snapshot, source.position)
         if not full and len(staging.chain(source.name)) > MAX_DELTAS:
             compact(con, staging, source.name)
     else:
         shutil.rmtree(scratch)
-    staging.record_position(source.name, source.position)
+        staging.record_position(source.name, source.position)
     return snapshot
 
 
@@ -484,7 +484,7 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
         plain_ids=sum(s.plain_ids or 0 for s in staging.chain(collection)),
         reason=None,
     )
-    staging.commit_snapshot(scratch, snapshot)
+    staging.commit_snapshot(scratch, snapshot, staging.positions().get(collection))
     return snapshot
 
 
