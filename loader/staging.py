@@ -212,10 +212,13 @@ class Staging:
         with self._manifest_lock:  # collections are staged in parallel threads
             manifest = self._current_manifest()
             collections = manifest["collections"]
-            positions = {c: p for c, p in manifest.get("positions", {}).items() if c != collection}
-            positions |= {collection: position} if position is not None else {}
-            if snapshot is None and positions == manifest.get("positions", {}):
+            positions = dict(manifest.get("positions", {}))
+            if snapshot is None and positions.get(collection) == position:
                 return  # nothing to write (a dump's collections have none, and keep none)
+            if position is None:
+                positions.pop(collection, None)
+            else:
+                positions[collection] = position
             if snapshot is not None:
                 collections = collections | {collection: [*collections.get(collection, []), asdict(snapshot)]}
             self._write_manifest(manifest | {"collections": collections, "positions": positions})

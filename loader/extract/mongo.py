@@ -462,7 +462,8 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
     stays; readers of the view then read one snapshot instead of a base and many deltas)."""
     clock, started = time.perf_counter(), utc_now()
     snapshot_id = new_snapshot_id()
-    latest = staging.chain(collection)[-1]
+    chain = staging.chain(collection)
+    latest = chain[-1]
     scratch = staging.begin_snapshot(collection, snapshot_id)
     part = scratch / "part-00000.parquet"
     write_document_part(con, f"{staging.view_sql(collection)} ORDER BY _id", part)
@@ -481,7 +482,7 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
         max_creation_date=max_created.isoformat() if max_created else None,
         max_update_date=max_updated.isoformat() if max_updated else None,
         bytes=part.stat().st_size,
-        plain_ids=sum(s.plain_ids or 0 for s in staging.chain(collection)),
+        plain_ids=sum(s.plain_ids or 0 for s in chain),
         reason=None,
     )
     staging.commit_snapshot(scratch, snapshot, staging.positions().get(collection))
