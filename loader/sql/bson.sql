@@ -136,4 +136,5 @@ CREATE OR REPLACE MACRO bson_ref(j, key) AS coalesce(bson_ref_leaf(j), CASE WHEN
 CREATE OR REPLACE MACRO bson_ref_tokens(doc) AS regexp_extract_all(doc, '[0-9a-fA-F]{24}');
 
 -- The staged `_id` of a document's `_id` value: ObjectId hex, else the value's own text.
-CREATE OR REPLACE MACRO bson_id(id) AS coalesce(bson_ref_leaf(id), bson_to_text(id), CAST(id AS VARCHAR));
+CREATE OR REPLACE MACRO bson_id_typed(id, t) AS coalesce(bson_ref_leaf(id), bson_to_text_typed(id, t), CAST(id AS VARCHAR));
+CREATE OR REPLACE MACRO bson_id(id) AS bson_id_typed(id, bson_type(id));
