@@ -65,8 +65,7 @@ The figures:
                                      Target (1% changed): its total <= 0.10 x the full run's.
   change stream read                 the incremental extract's deletion check, alone: the
                                      source's change stream read from the positions the full run
-                                     recorded to its end, the events the delta queries cannot
-                                     see (loader/extract/changes.py), in a child
+                                     recorded to its end (loader/extract/changes.py), in a child
                                      process, after the changes and before the incremental run
                                      (reading it changes nothing). Without a change stream the
                                      extract counts each collection's documents instead
@@ -117,7 +116,7 @@ from loader.config import Table as TargetTable
 from loader.config import load_config
 from loader.demo import generator
 from loader.demo.servers import MongoServer, PostgresServer
-from loader.extract import changes, mongo
+from loader.extract import changes
 from loader.staging import Staging
 from loader.settings import Settings, load_settings
 
@@ -174,14 +173,12 @@ def raw_cursor_run(settings: Settings, config: Config, args: argparse.Namespace)
 
 def stream_run(settings: Settings, config: Config, args: argparse.Namespace) -> dict[str, float]:
     """The incremental extract's deletion check: the change stream read from the recorded
-    positions, for the deltas' starts (the extract's own `changes.read`); how many collections it told."""
+    positions (the extract's own `changes.read`); how many collections it told."""
     with MongoClient(settings.mongodb_url.get_secret_value()) as client:
         db = client.get_database(settings.mongodb_database)
         names = loader_collections(db, config)
-        staging = Staging(settings.staging_dir)
-        starts = {name: mongo.next_snapshot(staging, name, False, settings.watermark_overlap_seconds)[1] for name in names}
         clock = time.perf_counter()
-        feed = changes.read(db, staging.positions(), starts)
+        feed = changes.read(db, Staging(settings.staging_dir).positions(), names)
         return {"seconds": time.perf_counter() - clock, "told": len(feed.changes), "collections": len(names)}
 
 

@@ -1,14 +1,12 @@
-"""What the database's change stream says the delta queries cannot, where the server keeps one
-(a replica set; SecantusDB): reading it costs the changes, not the collections.
+"""What the database's change stream says changed since the previous extract, where the server
+keeps one (a replica set; SecantusDB): reading it costs the changes, not the collections.
 
 Every extract records with each collection it stages the stream's position taken before any of
 its reads (staging manifest, `positions`). The next extract reads the stream from there to its
 end, once for all the collections recorded at the same position, and gives each collection the
 `_id`s whose last event deleted the document (its tombstones) and those inserted, updated or
-replaced without a timestamp at or after the delta's start (fetched when the delta queries missed
-them). The server filters the events: a write that stamps the document at or after the delta's
-start is one the delta queries read, and it is not sent (after a 1% change of the benchmark's
-documents, all stamped, SecantusDB spends 0.03 s instead of 1.1 s of CPU on the read).
+replaced (fetched when the delta queries missed them: a change that set no timestamp). A
+collection without an event has not changed: its delta queries are not sent.
 The stream is read until the server returns an empty batch, and the position recorded next is
 where the read stopped (the last batch's resume token): an event the server had not delivered by
 then (a write during the extract, or events a server holds back past its await time) is read by
@@ -25,15 +23,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import bson
 from bson import json_util
 from pymongo.errors import PyMongoError
 
 # The fields the extract uses: no document images (an insert event carries the whole document).
-_PROJECTION = {"$project": {"operationType": 1, "ns": 1, "to": 1, "documentKey": 1}}
-_COLLECTION_EVENTS = ["drop", "rename", "dropDatabase", "invalidate"]
+_PIPELINE = [{"$project": {"operationType": 1, "ns": 1, "to": 1, "documentKey": 1}}]
 # How long a read at the end of the stream waits for more events (ms).
 _AWAIT_MS = 10
 _DOCUMENT_EVENTS = {"insert", "update", "replace", "delete"}
@@ -41,12 +37,21 @@ _DOCUMENT_EVENTS = {"insert", "update", "replace", "delete"}
 
 @dataclass
 class Changes:
-    """One collection's changes since its recorded position that its delta queries may not read,
-    each `_id` as the BSON document {"_id": value} (hashable, and what the extract's part writers
-    read)."""
+    """One collection's changes since its recorded position, each `_id` as the BSON document
+    {"_id": value} (hashable, and what the extract's part writers read)."""
 
-    deleted: list[bytes] = field(default_factory=list)  # the last event told deleted the document
-    touched: list[bytes] = field(default_factory=list)  # ... inserted, updated or replaced it without a timestamp
+    deleted: list[bytes] = field(default_factory=list)  # the last event deleted the document
+    touched: list[bytes] = field(default_factory=list)  # the last event inserted, updated or replaced it
+
+    @property
+    def events(self) -> int:
+        """The documents the events name (each once, by its last event)."""
+        return len(self.deleted) + len(self.touched)
+
+    @property
+    def none(self) -> bool:
+        """No document event: nothing in the collection changed since the position."""
+        return not self.events
 
 
 @dataclass
@@ -55,64 +60,46 @@ class Feed:
     positions: dict[str, str | None]  # what to record with each collection once it is staged
 
 
-def read(db, positions: dict[str, str | None], starts: dict[str, datetime | None]) -> Feed:
-    """The changes of each collection of `starts` since its recorded position, for a delta that
-    reads the documents stamped at or after its start (None: every document, or a full snapshot:
-    only deletions matter), and the positions to record."""
+def read(db, positions: dict[str, str | None], collections: list[str]) -> Feed:
+    """The changes of each collection since its recorded position, and the positions to record."""
     groups: dict[str, list[str]] = defaultdict(list)
-    for name in starts:
+    for name in collections:
         if positions.get(name):
             groups[positions[name]].append(name)
     changes: dict[str, Changes] = {}
     new_positions: dict[str, str | None] = {}
     for position, names in groups.items():
-        read_ = _read_stream(db, position, {name: starts[name] for name in names})
+        read_ = _read_stream(db, position, set(names))
         if read_ is not None:
             told, end = read_
             changes |= told
             new_positions |= dict.fromkeys(names, end)
     # The others start from a position taken now: before their counts and reads.
     now = next(iter(new_positions.values()), None) or current_position(db)
-    return Feed(changes, {name: new_positions.get(name, now) for name in starts})
+    return Feed(changes, {name: new_positions.get(name, now) for name in collections})
 
 
 def current_position(db) -> str | None:
     """The stream's position now (None: the server keeps no change stream)."""
     try:
-        with db.watch([_PROJECTION]) as stream:
+        with db.watch(_PIPELINE) as stream:
             return json_util.dumps(stream.resume_token)
     except PyMongoError:
         return None
 
 
-def _pipeline(starts: dict[str, datetime | None]) -> list[dict]:
-    """The events the extract needs: deletions and the collections' own events (drop, rename),
-    and the writes that leave a document without a timestamp at or after its delta's start (an
-    update setting neither field to such a value, an insert or replace of a document holding
-    none). Every other write stamps the document for the delta queries, until a later event
-    (passed) stamps it back or deletes it."""
-    def unstamped(prefix: str, since: datetime) -> dict:
-        return {f"{prefix}.{stamp}": {"$not": {"$gte": since}} for stamp in ("creation_date", "update_date")}
-
-    writes = [{"ns.coll": name, "$or": [{"operationType": "update", **unstamped("updateDescription.updatedFields", since)},
-                                        {"operationType": {"$in": ["insert", "replace"]}, **unstamped("fullDocument", since)}]}
-              for name, since in starts.items() if since is not None]
-    told = [{"operationType": "delete", "ns.coll": {"$in": list(starts)}}, {"operationType": {"$in": _COLLECTION_EVENTS}}, *writes]
-    return [{"$match": {"$or": told}}, _PROJECTION]
-
-
-def _read_stream(db, position: str, starts: dict[str, datetime | None]) -> tuple[dict[str, Changes], str] | None:
-    """The events of the collections of `starts` from `position` to the stream's end (as
-    `_pipeline` filters them): their changes (not for a collection dropped or renamed since) and
-    the end position; None if the stream cannot be read from there."""
-    last: dict[str, dict[bytes, bool]] = {name: {} for name in starts}  # per _id: did its last event told delete it?
+def _read_stream(db, position: str, names: set[str]) -> tuple[dict[str, Changes], str] | None:
+    """The events of the collections `names` from `position` to the stream's end: their changes
+    (not for a collection dropped or renamed since) and the end position; None if the stream
+    cannot be read from there."""
+    last: dict[str, dict[bytes, bool]] = {name: {} for name in names}  # per _id: did its last event delete it?
     gone: set[str] = set()
     try:
-        with db.watch(_pipeline(starts), resume_after=json_util.loads(position), max_await_time_ms=_AWAIT_MS) as stream:
+        with db.watch(_PIPELINE, resume_after=json_util.loads(position), max_await_time_ms=_AWAIT_MS) as stream:
             while (event := stream.try_next()) is not None:
                 kind, collection = event["operationType"], event.get("ns", {}).get("coll")
                 if kind in ("dropDatabase", "invalidate"):
-                    gone |= set(starts)
+                    gone |= names
                     break
                 if kind in ("drop", "rename"):
                     gone |= {collection, event.get("to", {}).get("coll")}

@@ -115,7 +115,7 @@ def extract(
     client = connect(settings)
     try:
         db = client[settings.mongodb_database]
-        sources = server_sources(db, staging, collections, settings.batch_size, settings.watermark_overlap_seconds)
+        sources = server_sources(db, staging, collections, settings.batch_size)
         return stage_in_parallel(settings, staging, sources, full, settings.extract_ranges, on_progress, on_staged)
     except PyMongoError as exc:
         raise SourceError(f"reading MongoDB failed: {type(exc).__name__}: {exc}") from None
@@ -123,20 +123,18 @@ def extract(
         client.close()
 
 
-def server_sources(db, staging: Staging, collections: list[str], batch_size: int, overlap_seconds: int) -> list[Source]:
+def server_sources(db, staging: Staging, collections: list[str], batch_size: int) -> list[Source]:
     """The collections as the extract reads them, each with what the change stream tells of it,
-    in the order given, except that the one with the most staged documents comes first: its
-    delta takes the longest to read and its tables to derive, and they start while the other
-    deltas are read (1% of the benchmark's documents changed: userquizzquestions, half the
-    changed documents, staged 3-4 s earlier)."""
+    in the order given, except that the one with the most events comes first: its tables take
+    the longest to derive, and they start while the other deltas are read (1% of the benchmark's
+    documents changed: userquizzquestions, half the events, staged 3-4 s earlier)."""
     existing = set(db.list_collection_names())
-    starts = {name: next_snapshot(staging, name, False, overlap_seconds)[1] for name in collections}
-    feed = changes.read(db, staging.positions(), starts)
+    feed = changes.read(db, staging.positions(), collections)
     sources = [Source(db, name, name in existing, batch_size, feed.changes.get(name), feed.positions[name]) for name in collections]
-    sizes = {name: base.documents if (base := staging.current_base(name)) else 0 for name in collections}
-    if any(sizes.values()):
-        largest = max(sources, key=lambda source: sizes[source.name])
-        sources = [largest, *(source for source in sources if source is not largest)]
+    told = [source for source in sources if source.changes is not None and not source.changes.none]
+    if told:
+        busiest = max(told, key=lambda source: source.changes.events)
+        sources = [busiest, *(source for source in sources if source is not busiest)]
     return sources
 
 
@@ -230,7 +228,10 @@ def stage_collection(
     # of a delta the change stream does not tell; it is not asked otherwise (some servers scan for it).
     count = source.count() if (ranges > 1 or on_progress if full else source.changes is None) else 0
     if not full:
-        queries = delta_queries(since) if since else [{}]
+        # Every write since the recorded position is an event of the stream: without one, the
+        # collection has not changed, and its delta queries (a round trip each) would only read
+        # again what is stamped at the watermark.
+        queries = [] if source.changes is not None and source.changes.none else delta_queries(since) if since else [{}]
     elif ranges > 1 and count >= PARALLEL_MIN_DOCUMENTS:
         queries = source.id_ranges(ranges)
     else:
