@@ -81,6 +81,10 @@ class PostgresServer:
         options = (f"-c listen_addresses={self.host} -p {self.port} -k {self.root} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self._run([bin_dir / "pg_ctl", "-D", self.data_dir, "-l", self.log_file, "-o", options, "-w", "-t", "60", "start"])
+        # pg_prewarm in template1, so in every database created from now on: the load reads a table
+        # before a merge that touches much of it (README, load).
+        with psycopg.connect(**self.conninfo("template1"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_prewarm")
         with psycopg.connect(**self.conninfo("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         return self

@@ -261,6 +261,7 @@ class _Writer:
                     self._stage_incoming(table, baseline)
                     _resolve_generated_keys(self.conn, table, self.schema)
                     self._stage_removed(table, baseline, mode)
+                    self._prewarm(table)
                     result.inserted, result.updated = self.conn.execute(_merge_sql(table, self.schema)).fetchone()
                     states[table.name] = state
                     merged.add(table.name)
@@ -477,8 +478,34 @@ class _Writer:
             if old.stem != state:
                 old.unlink(missing_ok=True)
 
+    def _prewarm(self, table: Table) -> None:
+        """Before a merge: `prewarm` the table for the rows it is to write or delete."""
+        rows = self.conn.execute(sql.SQL("SELECT (SELECT count(*) FROM {}) + (SELECT count(*) FROM {})").format(
+            _incoming(table), _removed(table))).fetchone()[0]
+        prewarm(self.conn, _qualified(self.schema, table.name).as_string(self.conn), rows)
+
     def _any(self, relation: sql.Composable) -> bool:
         return has_rows(self.conn, relation)
+
+
+def prewarm(conn: psycopg.Connection, relation: str, rows: int) -> list[str]:
+    """Read the table `relation` and its indexes into the operating system's cache, each in one
+    sequential pass (pg_prewarm, where the database has that extension), when writing `rows` rows
+    is to touch a fair share of their pages (one row per 16 pages or more): rows spread over a
+    table read each page they touch on their own, from the disk when it is not cached (a 1% change
+    of users_quizzs_questions, 5,400 rows: 1-8 s against 0.1 s for reading its 90 MB first). Not
+    a relation larger than a quarter of effective_cache_size, which the reads would push out
+    again. Returns the relations read."""
+    if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_prewarm'").fetchone():
+        return []
+    return [name for name, _ in conn.execute(
+        """SELECT oid::regclass::text, pg_prewarm(oid, 'read') FROM (
+               SELECT oid, pg_relation_size(oid) AS bytes FROM pg_class
+               WHERE oid = %(t)s::regclass OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %(t)s::regclass)) r
+           WHERE bytes <= %(reach)s
+             AND bytes * 4 <= (SELECT setting::bigint * 8192 FROM pg_settings WHERE name = 'effective_cache_size')
+           ORDER BY oid""",
+        {"t": relation, "reach": rows * 16 * 8192}).fetchall()]
 
 
 def _references_to(config: Config, table: Table) -> list[tuple[Table, Column]]:
