@@ -180,6 +180,14 @@ class Staging:
     def loaded_file(self, table: str, state: str) -> Path:
         return self.root / "loaded" / table / f"{state}.parquet"
 
+    def changes_dir(self, table: str) -> Path:
+        return self.root / "changes" / table
+
+    def change_file(self, table: str, before: str, after: str) -> Path:
+        """What an incremental transform changed in tables/<table>.parquet from state `before` to
+        `after`: the re-derived units' rows, and the identities they no longer have (`_removed`)."""
+        return self.changes_dir(table) / f"{before}-{after}.parquet"
+
     @property
     def transform_report_path(self) -> Path:
         return self.root / "transform.json"

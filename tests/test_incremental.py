@@ -437,9 +437,15 @@ def test_incremental_runs_converge_to_a_full_rebuild(generated_source, postgres,
     synchronise("step 7 (a question added to a logbook userquizz)")
     stamp(db, "userquizzquestions", added["_id"], clock(), text_answer="Soupe au pistou")
 
+    held = dict(a.query("SELECT table_name, state FROM loader_sync_state"))
     reference, _ = synchronise("step 8 (the added question answered)")
     assert reference.query("SELECT answer FROM users_logbooks_moments_details WHERE id = %s",
                            str(added["_id"])) == [("Soupe au pistou",)]
+    # The transform handed the load what it changed in the moments, checked by unit (their parent's
+    # keys are unchanged): a change file from the state A held to the one it holds now.
+    now = dict(a.query("SELECT table_name, state FROM loader_sync_state"))["users_logbooks_moments"]
+    changes = [p.name for p in Staging(a.staging).changes_dir("users_logbooks_moments").glob("*.parquet")]
+    assert changes == [f"{held['users_logbooks_moments']}-{now}.parquet"], changes
     # The incremental transforms wrote only the units they re-derived, as deltas of the derived rows:
     # the comparisons above read tables whose units several deltas replaced in turn.
     deltas = {t: len(Staging(a.staging).derived_rows(t).deltas()) for t in MAPPED_TABLES}

@@ -257,10 +257,14 @@ class _Writer:
                     result.inserted = self._bulk_load(table, self._detach_constraints(_qualified(self.schema, table.name)))
                     states[table.name] = state
                 elif mode != UNCHANGED:
-                    baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None
-                    self._stage_incoming(table, baseline)
-                    _resolve_generated_keys(self.conn, table, self.schema)
-                    self._stage_removed(table, baseline, mode)
+                    changes = self.staging.change_file(table.name, loaded.get(table.name), state) if mode == INCREMENTAL else None
+                    if changes is not None and changes.exists():
+                        self._stage_changes(table, changes)
+                    else:
+                        baseline = self._staged_baseline(table, loaded.get(table.name)) if mode == INCREMENTAL else None
+                        self._stage_incoming(table, baseline)
+                        _resolve_generated_keys(self.conn, table, self.schema)
+                        self._stage_removed(table, baseline, mode)
                     self._prewarm(table)
                     result.inserted, result.updated = self.conn.execute(_merge_sql(table, self.schema)).fetchone()
                     states[table.name] = state
@@ -360,11 +364,26 @@ class _Writer:
         self._copy(table.name, query, _incoming(table), staged_columns(table), self.staging.table_file(table.name), progress=True,
                    total=None if baseline else _staged_rows(self.staging, table))
 
+    def _stage_changes(self, table: Table, changes: Path) -> None:
+        """`_incoming_<table>` and `_removed_<table>` from what the transform changed since the
+        state PostgreSQL holds (Staging.change_file): the whole file is not compared then."""
+        source = f"read_parquet({sql_literal(str(changes))})"
+        self.conn.execute(_incoming_table_sql(table, self.schema))
+        self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, staged_columns(table)))} FROM {source} WHERE NOT _removed",
+                   _incoming(table), staged_columns(table), changes, progress=True)
+        _resolve_generated_keys(self.conn, table, self.schema)
+        self._create_removed(table)
+        self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, table.identity))} FROM {source} WHERE _removed",
+                   _removed(table), list(table.identity), changes, progress=False)
+
+    def _create_removed(self, table: Table) -> None:
+        self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
+            _removed(table), sql.SQL(", ").join(map(ident, table.identity)), ident(self.schema), ident(table.name)))
+
     def _stage_removed(self, table: Table, baseline: str | None, mode: str) -> None:
         """`_removed_<table>`: identities PostgreSQL holds that the staged state no longer has."""
         key = table.identity
-        self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
-            _removed(table), sql.SQL(", ").join(map(ident, key)), ident(self.schema), ident(table.name)))
+        self._create_removed(table)
         if mode == TRUNCATED:
             return
         if baseline:

@@ -486,10 +486,13 @@ FROM records WHERE _dropped IS NOT NULL""")
         self._write_outputs(table, _accepted_rows_sql(table, "checked"), _issues_sql(table, "checked", derived))
 
     def _write_outputs(self, table: Table, rows: str, issues: str) -> None:
-        """The queries' results as the table's staged rows and issues."""
+        """The queries' results as the table's staged rows and issues (a change file of the rows
+        before is stale then)."""
         _copy_atomically(self.con, rows, self.staging.table_file(table.name))
         self.states.pop(table.name, None)
         _copy_atomically(self.con, issues, self.staging.issues_file(table.name))
+        for stale in self.staging.changes_dir(table.name).glob("*.parquet"):
+            stale.unlink()
 
     def _checked_by_unit(self, table: Table) -> bool:
         """Whether an incremental transform can check the re-derived units' rows alone (when the
@@ -525,8 +528,17 @@ WHERE _unit NOT IN (SELECT _id FROM {units})
         kept_issues = (f"SELECT * FROM {_read(self.staging.issues_file(table.name))} o ANTI JOIN "
                        f"(SELECT DISTINCT _source_collection AS source_collection, {_issue_text('_source_id')} AS source_id FROM mine) m "
                        f"ON o.source_collection IS NOT DISTINCT FROM m.source_collection AND o.source_id IS NOT DISTINCT FROM m.source_id")
-        self._write_outputs(table, f"{kept_rows} UNION ALL {_accepted_rows_sql(table, 'checked')}",
-                            _issues_sql(table, "checked", new, kept_issues))
+        before = self._table_state(table.name)
+        accepted = _accepted_rows_sql(table, "checked")
+        self._write_outputs(table, f"{kept_rows} UNION ALL {accepted}", _issues_sql(table, "checked", new, kept_issues))
+        if before is not None:
+            # The rows written are the others as they were, the units' accepted rows, and no row of
+            # an identity the units had or have (`mine`) otherwise: the load merges that instead
+            # of comparing the whole file with the rows PostgreSQL holds.
+            _copy_atomically(self.con, f"SELECT *, false AS _removed FROM ({accepted}) UNION ALL BY NAME "
+                                       f"SELECT {keys}, true AS _removed FROM (SELECT {keys} FROM mine WHERE {_any_not_null(table.identity)} "
+                                       f"EXCEPT SELECT {keys} FROM ({accepted}))",
+                             self.staging.change_file(table.name, before, self._table_state(table.name)))
         return True
 
     def _counts(self, table: Table, mode: str, documents: int) -> TableResult:
@@ -738,6 +750,10 @@ UNION ALL
 SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, _dropped_value
 FROM {derived} WHERE _dropped IS NOT NULL){f" UNION ALL SELECT * FROM ({kept})" if kept else ""})
 ORDER BY 4, 5, 3"""
+
+
+def _any_not_null(columns: tuple[str, ...]) -> str:
+    return " OR ".join(f"{q(c)} IS NOT NULL" for c in columns)
 
 
 def _issue_text(column: str) -> str:
