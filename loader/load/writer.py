@@ -360,21 +360,23 @@ class _Writer:
         query = f"SELECT {columns} FROM {self._staged(table)}"
         if baseline:
             query += f" EXCEPT SELECT {columns} FROM {baseline}"
-        self.conn.execute(_incoming_table_sql(table, self.schema))
-        self._copy(table.name, query, _incoming(table), staged_columns(table), self.staging.table_file(table.name), progress=True,
-                   total=None if baseline else _staged_rows(self.staging, table))
+        self._fill_incoming(table, query, self.staging.table_file(table.name), total=None if baseline else _staged_rows(self.staging, table))
 
     def _stage_changes(self, table: Table, changes: Path) -> None:
         """`_incoming_<table>` and `_removed_<table>` from what the transform changed since the
         state PostgreSQL holds (Staging.change_file): the whole file is not compared then."""
         source = f"read_parquet({sql_literal(str(changes))})"
-        self.conn.execute(_incoming_table_sql(table, self.schema))
-        self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, staged_columns(table)))} FROM {source} WHERE NOT _removed",
-                   _incoming(table), staged_columns(table), changes, progress=True)
+        self._fill_incoming(table, f"SELECT {', '.join(map(sql_identifier, staged_columns(table)))} FROM {source} WHERE NOT _removed",
+                            changes)
         _resolve_generated_keys(self.conn, table, self.schema)
         self._create_removed(table)
         self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, table.identity))} FROM {source} WHERE _removed",
                    _removed(table), list(table.identity), changes, progress=False)
+
+    def _fill_incoming(self, table: Table, query: str, reads: Path, total: int | None = None) -> None:
+        """A new `_incoming_<table>` holding the rows of the DuckDB `query` (reading `reads`)."""
+        self.conn.execute(_incoming_table_sql(table, self.schema))
+        self._copy(table.name, query, _incoming(table), staged_columns(table), reads, progress=True, total=total)
 
     def _create_removed(self, table: Table) -> None:
         self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {}.{} WITH NO DATA").format(
