@@ -92,7 +92,8 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
     used are checked first so that none fails late. The stages overlap: a table is derived once
     its collections are staged (and the tables it references derived); once the whole extract has
     succeeded, a table is loaded once it is derived and the tables it references are loaded (a
-    table that exists in PostgreSQL also waits for the tables referencing it to be derived). A
+    table that exists in PostgreSQL waits, before deleting rows, for the tables referencing it to
+    be derived). A
     failing extract loads nothing; a failing transform stops the load from starting tables (those
     committed stay, as when a load fails), and a failing load stops the transform from starting
     tables (those derived stay staged for the next run)."""

@@ -108,9 +108,9 @@ def load(
     `truncate` (or with truncate_before_import, only together with force) after TRUNCATE CASCADE.
     A missing table is created in the transaction that fills it, several at a time
     (LOAD_WORKERS); a table that exists is written alone. With `derived` (table -> future
-    completed once a transform running alongside has derived it), a missing table is written once
-    it is derived, a table that exists once it and the tables referencing it are derived
-    (deleting its rows checks what they stage)."""
+    completed once a transform running alongside has derived it), a table is written once it is
+    derived; one that deletes rows first waits until the tables referencing it are derived too
+    (deleting its rows reads what they stage)."""
     hook = on_progress or ProgressHook()
     derived = derived or {}
     for table in tables:
@@ -119,7 +119,7 @@ def load(
     with connect(settings) as conn:
         refuse_drift(conn, config, settings.postgres_schema, tables)
         new = {t.name for t in tables} - prepare_schema(conn, settings.postgres_schema)
-        with _Writers(settings, config, staging, hook) as writers:
+        with _Writers(settings, config, staging, hook, derived) as writers:
 
             def write(unit: list[Table]) -> list[LoadResult]:
                 forced = {t.name for t in unit if t.is_forced(force) or t.name in new}
@@ -135,10 +135,9 @@ def load(
                 return any(t.name not in new for t in unit)
 
             def needs(unit: list[Table]) -> set[Hashable]:
-                # Deleting a table's rows reads what the tables referencing it stage; a missing
-                # table only gets rows, as soon as it is derived.
-                children = {c.name for t in unit if t.name not in new for c, _ in _references_to(config, t)}
-                return {p for t in unit for p in t.parents} | {_derived_name(n) for n in {t.name for t in unit} | children}
+                # Not the tables referencing it: a table waits for them only if it deletes rows
+                # (_Writer.write), so that its upserts do not wait for the last groups derived.
+                return {p for t in unit for p in t.parents} | {_derived_name(t.name) for t in unit}
 
             # New tables by their rows, so that the longest chain starts first; the others, and
             # every table while the transform runs alongside (its rows are not staged yet), in load order.
@@ -154,8 +153,8 @@ def load(
 class _Writers:
     """One writer per load thread, with its own PostgreSQL connection and DuckDB cursor."""
 
-    def __init__(self, settings: Settings, config: Config, staging: Staging, hook: ProgressHook):
-        self.settings, self.config, self.staging, self.hook = settings, config, staging, hook
+    def __init__(self, settings: Settings, config: Config, staging: Staging, hook: ProgressHook, derived: Mapping[str, Future]):
+        self.settings, self.config, self.staging, self.hook, self.derived = settings, config, staging, hook, derived
         self.duck = duck.connect(spill_dir=staging.tmp_dir, memory_limit=settings.duckdb_memory_limit)
         self.local = threading.local()
         self.opened: list[_Writer] = []
@@ -164,7 +163,7 @@ class _Writers:
     def mine(self) -> _Writer:
         if not hasattr(self.local, "writer"):
             self.local.writer = _Writer(connect(self.settings), duck.cursor(self.duck), self.config, self.staging,
-                                        self.settings.postgres_schema, self.hook)
+                                        self.settings.postgres_schema, self.hook, self.derived)
             with self.lock:
                 self.opened.append(self.local.writer)
         return self.local.writer
@@ -228,8 +227,10 @@ def _write_units(tables: list[Table]) -> list[list[Table]]:
 
 
 class _Writer:
-    def __init__(self, conn: psycopg.Connection, con, config: Config, staging: Staging, schema: str, hook: ProgressHook):
+    def __init__(self, conn: psycopg.Connection, con, config: Config, staging: Staging, schema: str, hook: ProgressHook,
+                 derived: Mapping[str, Future]):
         self.conn, self.con, self.config, self.staging, self.schema, self.hook = conn, con, config, staging, schema, hook
+        self.derived = derived  # table -> future of a transform running alongside
 
     def write(self, unit: list[Table], forced: set[str], truncated: set[str], new: set[str]) -> list[LoadResult]:
         """One transaction: upserts parents first, deletes children first, then the sync states.
@@ -274,6 +275,7 @@ class _Writer:
                 results.append(result)
             for table, result in reversed(plans):  # children first
                 if table.name in merged and self._any(_removed(table)):
+                    self._await_derived(self._cascade(table))
                     clock = time.perf_counter()
                     self._delete_dependants(table, sql.SQL("SELECT * FROM {}").format(_removed(table)), set())
                     result.deleted = self.conn.execute(_delete_removed_sql(table, self.schema)).rowcount
@@ -436,6 +438,12 @@ class _Writer:
                           target, list(ISSUE_COLUMNS), issues, progress=False)
 
     # ------------------------------------------------------------ deletes
+    def _await_derived(self, names: list[str]) -> None:
+        """Wait until a transform running alongside has derived these tables (raises its error)."""
+        for name in names:
+            if name in self.derived:
+                self.derived[name].result()
+
     def _delete_dependants(self, table: Table, removed: sql.Composable, seen: set[str]) -> None:
         """Rows of other tables referencing the removed rows: deleted (their own dependants
         first) or, for a nullable reference, nulled."""

@@ -148,7 +148,10 @@ class _Run:
     def groups(self, groups: list[list[Table]], workers: int, staged: Mapping[str, Future],
                on_derived: Callable[[str], None], abort: Future | None) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
-        references are done and its collections are `staged`; the results in load order."""
+        references are done and its collections are `staged`; of those ready, the one heading the
+        longest chain of dependants by the seconds of the last transform first (the logbook
+        moments, a third of an incremental transform, before the small tables listed ahead of
+        them); the results in load order."""
         def derive(group: list[Table]) -> list[TableResult]:
             results = self.group(group, self.is_full(group))
             for table in group:
@@ -159,6 +162,7 @@ class _Run:
             groups, workers, derive, thread_name="transform",
             names=lambda group: {t.name for t in group},
             needs=lambda group: {p for t in group for p in t.parents} | {_staged_name(c) for t in group for c in t.sources()},
+            weight=lambda group: sum(self.state.get(t.name, {}).get("seconds", 0.0) for t in group),
             given={_staged_name(c): future for c, future in staged.items()}, abort=abort,
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
