@@ -60,6 +60,7 @@ def loaded(mongo, target, tmp_path):
     """notes, readings and prices (each price references a reading), loaded by one `loader run`."""
     reading = {"_id": ObjectId(), "creation_date": T0, "update_date": T0}
     spare = {"_id": ObjectId(), "creation_date": T0, "update_date": T0}
+    rejected = {"_id": ObjectId(), "creation_date": "not a date", "update_date": T0}  # type_error: never loaded
     price = {"_id": ObjectId(), "creation_date": T0, "update_date": T0, "reading_id": reading["_id"]}
     mapping = tmp_path / "scheduling.yaml"
     mapping.write_text(MAPPING)
@@ -67,12 +68,12 @@ def loaded(mongo, target, tmp_path):
         client.drop_database("scheduling")
         db = client["scheduling"]
         db.notes.insert_one({"_id": ObjectId(), "creation_date": T0, "update_date": T0})
-        db.readings.insert_many([reading, spare])
+        db.readings.insert_many([reading, spare, rejected])
         db.prices.insert_one(price)
         loader = Target({"MONGODB_URL": mongo.url, "MONGODB_DATABASE": "scheduling", **target, "LOADER_CONFIG": str(mapping)},
                         tmp_path / "staging")
         loader.loader("run")
-        yield loader, db, reading, spare
+        yield loader, db, reading, spare, rejected
         client.drop_database("scheduling")
 
 
@@ -91,10 +92,13 @@ def test_the_transform_starts_the_longest_chain_of_the_last_transform_first(load
         these seconds per table."""
         report = json.loads(staging.transform_report_path.read_text())
         for table, taken in seconds.items():
-            report["tables"][table]["seconds"] = taken
+            report["tables"][table]["derived_seconds"] = taken
         staging.write_transform_report(report)
         order: list[str] = []
-        runner.transform(settings, staging, config.ordered(), on_derived=order.append)
+        results = runner.transform(settings, staging, config.ordered(), on_derived=order.append)
+        assert {r.mode for r in results} == {runner.UNCHANGED}
+        kept = {t: s["derived_seconds"] for t, s in json.loads(staging.transform_report_path.read_text())["tables"].items()}
+        assert kept == seconds  # a transform finding the tables unchanged keeps their weights
         return order
 
     assert derived_order({"notes": 5.0, "readings": 1.0, "prices": 1.0}) == ["notes", "readings", "prices"]
@@ -102,13 +106,15 @@ def test_the_transform_starts_the_longest_chain_of_the_last_transform_first(load
     assert derived_order({"notes": 0.0, "readings": 0.0, "prices": 0.0}) == ["notes", "readings", "prices"]  # load order
 
 
-@pytest.mark.parametrize("deleting", [False, True])
-def test_a_table_waits_for_the_tables_referencing_it_only_before_deleting_rows(loaded, deleting):
-    loader, db, reading, spare = loaded
-    if deleting:
+@pytest.mark.parametrize("change", ["update", "update a rejected document", "delete"])
+def test_a_table_waits_for_the_tables_referencing_it_only_before_deleting_rows(loaded, change):
+    """Only deleting a row PostgreSQL holds waits for prices (a rejected document's identity, gone
+    from the rows before as after, deletes nothing)."""
+    loader, db, reading, spare, rejected = loaded
+    if change == "delete":
         db.readings.delete_one({"_id": spare["_id"]})
     else:
-        db.readings.update_one({"_id": spare["_id"]}, {"$set": {"update_date": T1}})
+        db.readings.update_one({"_id": (rejected if "rejected" in change else spare)["_id"]}, {"$set": {"update_date": T1}})
     loader.loader("extract")
     loader.loader("transform")
     settings = settings_of(loader)
@@ -116,6 +122,7 @@ def test_a_table_waits_for_the_tables_referencing_it_only_before_deleting_rows(l
     asked: list[str] = []
     derived = {t.name: Watched(t.name, asked) for t in config.ordered()}
     results = writer.load(settings, config, Staging(settings.staging_dir), config.ordered(), derived=derived)
+    deleting = change == "delete"
     assert {r.table: (r.mode, r.deleted) for r in results}["readings"] == ("incremental", 1 if deleting else 0)
     assert asked == (["prices"] if deleting else [])
     assert loader.ids("readings") == ({str(reading["_id"])} if deleting else {str(reading["_id"]), str(spare["_id"])})

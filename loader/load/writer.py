@@ -366,7 +366,9 @@ class _Writer:
 
     def _stage_changes(self, table: Table, changes: Path) -> None:
         """`_incoming_<table>` and `_removed_<table>` from what the transform changed since the
-        state PostgreSQL holds (Staging.change_file): the whole file is not compared then."""
+        state PostgreSQL holds (Staging.change_file): the whole file is not compared then. The
+        file's removed identities include those of rows rejected before as now, which PostgreSQL
+        does not hold: they are left out (a table deleting rows waits for its dependants)."""
         source = f"read_parquet({sql_literal(str(changes))})"
         self._fill_incoming(table, f"SELECT {', '.join(map(sql_identifier, staged_columns(table)))} FROM {source} WHERE NOT _removed",
                             changes)
@@ -374,6 +376,11 @@ class _Writer:
         self._create_removed(table)
         self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, table.identity))} FROM {source} WHERE _removed",
                    _removed(table), list(table.identity), changes, progress=False)
+        def keys(alias: str) -> sql.Composed:
+            return sql.SQL(", ").join(sql.SQL("{}.{}").format(ident(alias), ident(c)) for c in table.identity)
+
+        self.conn.execute(sql.SQL("DELETE FROM {} AS r WHERE NOT EXISTS (SELECT FROM {} AS t WHERE ({}) = ({}))").format(
+            _removed(table), _qualified(self.schema, table.name), keys("t"), keys("r")))
 
     def _fill_incoming(self, table: Table, query: str, reads: Path, total: int | None = None) -> None:
         """A new `_incoming_<table>` holding the rows of the DuckDB `query` (reading `reads`)."""

@@ -149,7 +149,7 @@ class _Run:
                on_derived: Callable[[str], None], abort: Future | None) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
         references are done and its collections are `staged`; of those ready, the one heading the
-        longest chain of dependants by the seconds of the last transform first (the logbook
+        longest chain of dependants by the seconds they last took (`derived_seconds`) first (the logbook
         moments, a third of an incremental transform, before the small tables listed ahead of
         them); the results in load order."""
         def derive(group: list[Table]) -> list[TableResult]:
@@ -162,7 +162,7 @@ class _Run:
             groups, workers, derive, thread_name="transform",
             names=lambda group: {t.name for t in group},
             needs=lambda group: {p for t in group for p in t.parents} | {_staged_name(c) for t in group for c in t.sources()},
-            weight=lambda group: sum(self.state.get(t.name, {}).get("seconds", 0.0) for t in group),
+            weight=lambda group: sum(self.state.get(t.name, {}).get("derived_seconds", 0.0) for t in group),
             given={_staged_name(c): future for c, future in staged.items()}, abort=abort,
             # A shared pass derived in full (the moments: every logbook question of the source,
             # 2.5M rows at 5M documents) needs DuckDB's memory to itself.
@@ -562,6 +562,9 @@ WHERE _unit NOT IN (SELECT _id FROM {units})
 
     def _record(self, table: Table, result: TableResult, consumed: dict[str, str]) -> None:
         state = asdict(result) | {
+            # the seconds of the last transform that did any work on the table (one finding it
+            # unchanged keeps them): the weight of its chain when the next transform picks a group
+            "derived_seconds": result.seconds or self.state.get(table.name, {}).get("derived_seconds", 0.0),
             "fingerprint": self.fingerprint(table),
             "consumed": {c: consumed[c] for c in table.sources()},
             "output": self._table_state(table.name),
