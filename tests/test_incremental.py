@@ -552,6 +552,27 @@ def test_a_moment_listing_the_questions_of_another_derives_both_again(generated_
     assert_same_tables(a, rebuild(source, postgres, tmp_path), "the copy renamed")
 
 
+def test_a_question_listed_as_upper_case_hex_derives_its_moment_again(generated_source, postgres, tmp_path):
+    """A userquizz may list a question as an upper-case hex string (a reference all the same, C5):
+    the tokens the incremental selection keeps are lower-cased like the references, so deleting
+    such a question derives its moment again (question_missing), as a rebuild does."""
+    source, db = generated_source, generated_source.db
+    clock = Clock(source.data)
+    a = Target.fresh(source, postgres, tmp_path / "staging", "upper_hex")
+    a.loader("run")
+    [(moment, _)] = a.query("SELECT user_logbook_moment_id, count(*) FROM users_logbooks_moments_details "
+                            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")
+    quiz = db.userquizzs.find_one({"_id": ObjectId(moment)})
+    question = next(e for e in quiz["questions"] if isinstance(e, ObjectId))
+    listed = [str(e).upper() if e == question else e for e in quiz["questions"]]
+    stamp(db, "userquizzs", quiz["_id"], clock(), questions=listed)
+    a.loader("run")
+    db.userquizzquestions.delete_one({"_id": question})
+    a.loader("run")
+    assert Staging(a.staging).transform_state()["users_logbooks_moments"]["mode"] == "incremental"
+    assert_same_tables(a, rebuild(source, postgres, tmp_path), "a question listed as upper-case hex deleted")
+
+
 # --------------------------------------------------------------------------- _ids that read alike
 
 def test_documents_whose_ids_read_alike_are_staged_whole(generated_source, postgres, tmp_path):

@@ -131,9 +131,10 @@ CREATE OR REPLACE MACRO bson_ref_embedded(j, key) AS list_transform(
 CREATE OR REPLACE MACRO bson_ref_typed(j, key, t) AS CASE WHEN t = 'object' THEN bson_ref_embedded(j, key) ELSE bson_ref_leaf(j) END;
 -- bson_ref_leaf is NULL for an embedded document, and reads an ObjectId (the usual reference) first.
 CREATE OR REPLACE MACRO bson_ref(j, key) AS coalesce(bson_ref_leaf(j), CASE WHEN bson_type(j) = 'object' THEN bson_ref_embedded(j, key) END);
--- The 24-hex tokens of a document's Extended JSON (ObjectIds and hex strings, as written): a
--- superset of its references, which the incremental selections read (a few extra candidates).
-CREATE OR REPLACE MACRO bson_ref_tokens(doc) AS regexp_extract_all(doc, '[0-9a-fA-F]{24}');
+-- The 24-hex tokens of a document's Extended JSON (ObjectIds and hex strings), lower-cased as
+-- references are (an upper-case hex string is one, C5): a superset of its references, which the
+-- incremental selections read (a few extra candidates).
+CREATE OR REPLACE MACRO bson_ref_tokens(doc) AS list_transform(regexp_extract_all(doc, '[0-9a-fA-F]{24}'), lambda t: lower(t));
 
 -- The staged `_id` of a document's `_id` value: ObjectId hex, else the value's own text.
 CREATE OR REPLACE MACRO bson_id_typed(id, t) AS coalesce(bson_ref_leaf(id), bson_to_text_typed(id, t), CAST(id AS VARCHAR));

@@ -46,8 +46,9 @@ from loader.transform.typing import TransformError, carried_columns, staged_colu
 SQL_DIR = files("loader.transform").joinpath("sql")
 
 
-# Bump when a change of the SQL or the typing changes derived rows: every table is re-derived.
-DERIVATION_VERSION = 3
+# Bump when a change of the SQL or the typing changes derived rows or the kept reference tokens:
+# every table is re-derived (and the tokens found again).
+DERIVATION_VERSION = 4
 FULL, INCREMENTAL, UNCHANGED = "full", "incremental", "unchanged"
 # The derived rows of a table are compacted into one base when their deltas hold more rows than
 # this share of the base, or number more than MAX_DERIVED_DELTAS.
