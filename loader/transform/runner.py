@@ -277,8 +277,11 @@ class _Run:
                 compare = not stale and not self._parents_rewritten(table)
                 by_unit = not stale and self._checked_by_unit(table)
                 if compare or by_unit:
+                    # Every column to compare; the identities and sources alone to check by unit
+                    # (the units' rows are spread over the whole file, whose columns are then all decoded).
+                    columns = "*" if compare else ", ".join([*map(q, table.identity), "_dropped", "_source_collection", "_source_id"])
                     with _timed(phases, "compare" if compare else "check"):
-                        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE previous AS SELECT * FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
+                        duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE previous AS SELECT {columns} FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 if compare:
                     with _timed(phases, "compare"):
                         replaced = self._differs(new, "previous")
