@@ -93,10 +93,9 @@ def run(settings: Settings, config: Config, tables: list[Table], progress: bool 
     its collections are staged (and the tables it references derived); once the whole extract has
     succeeded, a table is loaded once it is derived and the tables it references are loaded (a
     table that exists in PostgreSQL waits, before deleting rows, for the tables referencing it to
-    be derived). A
-    failing extract loads nothing; a failing transform stops the load from starting tables (those
-    committed stay, as when a load fails), and a failing load stops the transform from starting
-    tables (those derived stay staged for the next run)."""
+    be derived). A failing extract loads nothing; a failing transform stops the load from starting
+    tables (those committed stay, as when a load fails), and a failing load stops the transform
+    from starting tables (those derived stay staged for the next run)."""
     with tunnel.opened(settings, mongodb=dump is None) as settings:
         if dump is None:
             mongo.connect(settings).close()

@@ -524,6 +524,16 @@ def test_a_parent_rewritten_with_the_same_keys_leaves_its_children_unchecked(gen
     assert_same_tables(a, rebuild(source, postgres, tmp_path), "a user deleted")
 
 
+def run_with_busiest_moment(source: Source, postgres, tmp_path: Path, prefix: str) -> tuple[Target, dict, int]:
+    """A fresh database loaded by one run; the userquizz of the moment with the most details, and
+    how many it has."""
+    target = Target.fresh(source, postgres, tmp_path / "staging", prefix)
+    target.loader("run")
+    [(moment, details)] = target.query("SELECT user_logbook_moment_id, count(*) FROM users_logbooks_moments_details "
+                                       "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")
+    return target, source.db.userquizzs.find_one({"_id": ObjectId(moment)}), details
+
+
 def test_a_moment_listing_the_questions_of_another_derives_both_again(generated_source, postgres, tmp_path):
     """A logbook userquizz copied (with its coaching logbook) lists the user questions of the
     original: their details go to the most recently updated moment, the other's are dropped
@@ -531,11 +541,7 @@ def test_a_moment_listing_the_questions_of_another_derives_both_again(generated_
     (it checks only the re-derived moments' details), and again when the copy is renamed."""
     source, db = generated_source, generated_source.db
     clock = Clock(source.data)
-    a = Target.fresh(source, postgres, tmp_path / "staging", "shared_identity")
-    a.loader("run")
-    [(moment, details)] = a.query("SELECT user_logbook_moment_id, count(*) FROM users_logbooks_moments_details "
-                                  "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")
-    original = db.userquizzs.find_one({"_id": ObjectId(moment)})
+    a, original, details = run_with_busiest_moment(source, postgres, tmp_path, "shared_identity")
     copy = {**original, **new_document(clock())}
     logbook = db.coachinglogbooks.find_one({"logbook": original["_id"]})
     db.userquizzs.insert_one(copy)
@@ -558,11 +564,7 @@ def test_a_question_listed_as_upper_case_hex_derives_its_moment_again(generated_
     such a question derives its moment again (question_missing), as a rebuild does."""
     source, db = generated_source, generated_source.db
     clock = Clock(source.data)
-    a = Target.fresh(source, postgres, tmp_path / "staging", "upper_hex")
-    a.loader("run")
-    [(moment, _)] = a.query("SELECT user_logbook_moment_id, count(*) FROM users_logbooks_moments_details "
-                            "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1")
-    quiz = db.userquizzs.find_one({"_id": ObjectId(moment)})
+    a, quiz, _ = run_with_busiest_moment(source, postgres, tmp_path, "upper_hex")
     question = next(e for e in quiz["questions"] if isinstance(e, ObjectId))
     listed = [str(e).upper() if e == question else e for e in quiz["questions"]]
     stamp(db, "userquizzs", quiz["_id"], clock(), questions=listed)

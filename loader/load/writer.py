@@ -376,6 +376,7 @@ class _Writer:
         self._create_removed(table)
         self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, table.identity))} FROM {source} WHERE _removed",
                    _removed(table), list(table.identity), changes, progress=False)
+
         def keys(alias: str) -> sql.Composed:
             return sql.SQL(", ").join(sql.SQL("{}.{}").format(ident(alias), ident(c)) for c in table.identity)
 

@@ -150,9 +150,9 @@ class _Run:
                on_derived: Callable[[str], None], abort: Future | None) -> list[TableResult]:
         """Transform the groups `workers` at a time, each once the groups of the tables it
         references are done and its collections are `staged`; of those ready, the one heading the
-        longest chain of dependants by the seconds they last took (`derived_seconds`) first (the logbook
-        moments, a third of an incremental transform, before the small tables listed ahead of
-        them); the results in load order."""
+        longest chain of dependants by the seconds they last took (`derived_seconds`) first (the
+        logbook moments, a third of an incremental transform, before the small tables listed
+        ahead of them); the results in load order."""
         def derive(group: list[Table]) -> list[TableResult]:
             results = self.group(group, self.is_full(group))
             for table in group:
@@ -278,7 +278,7 @@ class _Run:
                 by_unit = not stale and self._checked_by_unit(table)
                 if compare or by_unit:
                     # Every column to compare; the identities and sources alone to check by unit
-                    # (the units' rows are spread over the whole file, whose columns are then all decoded).
+                    # (the units' rows are spread over the whole file: each column read is decoded whole).
                     columns = "*" if compare else ", ".join([*map(q, table.identity), "_dropped", "_source_collection", "_source_id"])
                     with _timed(phases, "compare" if compare else "check"):
                         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE previous AS SELECT {columns} FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
