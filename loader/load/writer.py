@@ -376,12 +376,8 @@ class _Writer:
         self._create_removed(table)
         self._copy(table.name, f"SELECT {', '.join(map(sql_identifier, table.identity))} FROM {source} WHERE _removed",
                    _removed(table), list(table.identity), changes, progress=False)
-
-        def keys(alias: str) -> sql.Composed:
-            return sql.SQL(", ").join(sql.SQL("{}.{}").format(ident(alias), ident(c)) for c in table.identity)
-
         self.conn.execute(sql.SQL("DELETE FROM {} AS r WHERE NOT EXISTS (SELECT FROM {} AS t WHERE ({}) = ({}))").format(
-            _removed(table), _qualified(self.schema, table.name), keys("t"), keys("r")))
+            _removed(table), _qualified(self.schema, table.name), _columns_of("t", table.identity), _columns_of("r", table.identity)))
 
     def _fill_incoming(self, table: Table, query: str, reads: Path, total: int | None = None) -> None:
         """A new `_incoming_<table>` holding the rows of the DuckDB `query` (reading `reads`)."""
@@ -458,7 +454,7 @@ class _Writer:
         for child, column in _references_to(self.config, table):
             referenced = sql.SQL("SELECT t.{col} FROM {target} AS t WHERE ({key}) IN ({removed})").format(
                 col=ident(column.foreign_key.column), target=_qualified(self.schema, table.name),
-                key=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(k)) for k in table.identity), removed=removed)
+                key=_columns_of("t", table.identity), removed=removed)
             rows = sql.SQL("SELECT {key} FROM {child} WHERE {column} IN ({referenced})").format(
                 key=sql.SQL(", ").join(map(ident, child.identity)),
                 child=_qualified(self.schema, child.name), column=ident(column.name), referenced=referenced)
@@ -543,6 +539,11 @@ def prewarm(conn: psycopg.Connection, relation: str, rows: int) -> list[str]:
              AND bytes * 4 <= (SELECT setting::bigint * 8192 FROM pg_settings WHERE name = 'effective_cache_size')
            ORDER BY oid""",
         {"t": relation, "reach": rows * 16 * 8192}).fetchall()]
+
+
+def _columns_of(alias: str, columns) -> sql.Composed:
+    """`alias.column, ...` for a statement's column list."""
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(ident(alias), ident(c)) for c in columns)
 
 
 def _references_to(config: Config, table: Table) -> list[tuple[Table, Column]]:
@@ -683,7 +684,7 @@ def _upsert_sql(table: Table, schema: str) -> sql.Composed:
     if others:
         action = sql.SQL("DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
             sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in others),
-            sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in others),
+            _columns_of("t", others),
             sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident(c)) for c in others),
         )
     else:
@@ -735,8 +736,8 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM updated)"""
         incoming=_incoming(table),
         assignments=sql.SQL(", ").join(sql.SQL("{} = {}").format(ident(c), sql.SQL("i.{}").format(ident(c))) for c in others),
         same_key=same_key,
-        current=sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in others),
-        new=sql.SQL(", ").join(sql.SQL("i.{}").format(ident(c)) for c in others),
+        current=_columns_of("t", others),
+        new=_columns_of("i", others),
         columns=sql.SQL(", ").join(map(ident, columns)),
         key=sql.SQL(", ").join(map(ident, key)),
     )
@@ -744,5 +745,5 @@ SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM updated)"""
 
 def _delete_removed_sql(table: Table, schema: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {}.{} AS t WHERE ({}) IN (SELECT * FROM {})").format(
-        ident(schema), ident(table.name), sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in table.identity), _removed(table)
+        ident(schema), ident(table.name), _columns_of("t", table.identity), _removed(table)
     )

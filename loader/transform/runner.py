@@ -279,7 +279,7 @@ class _Run:
                 if compare or by_unit:
                     # Every column to compare; the identities and sources alone to check by unit
                     # (the units' rows are spread over the whole file: each column read is decoded whole).
-                    columns = "*" if compare else ", ".join([*map(q, table.identity), "_dropped", "_source_collection", "_source_id"])
+                    columns = "*" if compare else _unit_check_columns(table)
                     with _timed(phases, "compare" if compare else "check"):
                         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE previous AS SELECT {columns} FROM ({old}) WHERE _unit IN (SELECT _id FROM {units})")
                 if compare:
@@ -519,12 +519,13 @@ FROM records WHERE _dropped IS NOT NULL""")
         when another unit's row shares one."""
         keys = ", ".join(q(c) for c in table.identity)
         same_keys = " AND ".join(f"o.{q(c)} IS NOT DISTINCT FROM m.{q(c)}" for c in table.identity)
-        mine = f"(SELECT {keys}, _dropped, _source_collection, _source_id FROM previous UNION ALL BY NAME SELECT {keys}, _dropped, _source_collection, _source_id FROM {new})"
+        checked_columns = _unit_check_columns(table)
+        mine = f"(SELECT {checked_columns} FROM previous UNION ALL BY NAME SELECT {checked_columns} FROM {new})"
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE mine AS {mine}")
         # One pass over the other units' rows, comparing hashes: a collision only costs a whole check.
         identity, source = f"hash({keys})", "hash(_source_collection, _source_id)"
         shared = self.con.execute(f"""
-SELECT count(*) > 0 FROM (SELECT _unit, {keys}, _dropped, _source_collection, _source_id FROM ({old}))
+SELECT count(*) > 0 FROM (SELECT _unit, {checked_columns} FROM ({old}))
 WHERE _unit NOT IN (SELECT _id FROM {units})
   AND ((_dropped IS NULL AND {identity} IN (SELECT {identity} FROM mine WHERE _dropped IS NULL)) OR {source} IN (SELECT {source} FROM mine))""").fetchall()[0][0]
         if shared:
@@ -761,6 +762,12 @@ UNION ALL
 SELECT {name}, _source_collection, _source_id, {kind_sql("_dropped")}, _dropped, NULL, _dropped_value
 FROM {derived} WHERE _dropped IS NOT NULL){f" UNION ALL SELECT * FROM ({kept})" if kept else ""})
 ORDER BY 4, 5, 3"""
+
+
+def _unit_check_columns(table: Table) -> str:
+    """What the check by unit reads of a row (_Run._finish_units): its identity, whether it was
+    dropped, and its source document."""
+    return ", ".join([*map(q, table.identity), "_dropped", "_source_collection", "_source_id"])
 
 
 def _any_not_null(columns: tuple[str, ...]) -> str:
