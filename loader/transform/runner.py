@@ -262,11 +262,12 @@ class _Run:
         replaced = True  # the units' new rows replace their previous ones (kept as a delta)
         stale = self._outputs_stale(table)
         by_unit = False  # only the re-derived units' rows are checked (_finish_units)
+        selected = None if units is None else self._count(units)
         documents = 0
-        if units is None or self._count(units):
+        if units is None or selected:
             with _timed(phases, "derive"):
                 new = self._derive(table, values)
-            documents = self._count(units) if units else self._count(f"({table.strategy.units_sql.format(**values)})")
+            documents = selected if units else self._count(f"({table.strategy.units_sql.format(**values)})")
             if units is None:
                 derived = new
             else:
