@@ -292,6 +292,30 @@ def test_a_snapshot_staged_with_a_projection_is_replaced_by_a_full_one(db, tmp_p
     assert stage(db, staging, "items").kind == FULL
 
 
+def test_snapshots_staged_before_plain_ids_were_counted_may_hold_some(db, tmp_path):
+    """A staging area from before `plain_ids` was counted: a delta of ObjectId documents alone
+    is still checked for `_id` texts read alike (here an ObjectId and its hex string, which the
+    delta would merge), and a compaction counts the documents again."""
+    oid, earlier = ObjectId(), T0 - timedelta(hours=3)  # before the watermark: not read again by the delta
+    db.items.insert_many([{"_id": i, "creation_date": earlier, "update_date": earlier} for i in (oid, str(oid))]
+                         + documents(2))
+    staging = Staging(tmp_path)
+    stage(db, staging, "items", stream=True)
+
+    def forget_plain_ids() -> None:
+        manifest = staging.read_manifest()
+        for snapshot in manifest["collections"]["items"]:
+            del snapshot["plain_ids"]  # as an older loader wrote it
+        staging.manifest_path.write_text(json.dumps(manifest))
+
+    forget_plain_ids()
+    db.items.update_one({"_id": oid}, {"$set": {"update_date": T0 + timedelta(hours=1)}})
+    restaged = stage(db, staging, "items", stream=True)
+    assert restaged.kind == FULL and "shared by two documents" in restaged.reason and restaged.documents == 4, restaged
+    forget_plain_ids()
+    assert mongo.compact(duck.connect(), staging, "items").plain_ids == 1
+
+
 def test_a_part_of_large_documents_stays_within_duckdbs_memory(tmp_path):
     # 240 documents of ~170 KB (the 5M-document dataset's `contents`) in one part, under a 250 MB
     # limit: staging their _id and timestamps must not parse each document several times over.

@@ -342,10 +342,10 @@ def _shared_ids(con, staging: Staging, source: Source, writers: list[_PartWriter
     string, C5) among the staged documents, the delta's and the deleted events' (`events`). A
     delta keys documents by that text, so it would keep one of the two where a full snapshot
     stages both (and the transform rejects both as duplicates, as a rebuild does). Only asked
-    when some of these `_id`s may not be ObjectIds (snapshots staged before they were counted
-    are taken as holding none)."""
+    when some of these `_id`s may not be ObjectIds (a snapshot staged before they were counted,
+    `plain_ids` unknown, may hold some)."""
     events_plain = source.changes is not None and any(key[4:9] != _OBJECTID_KEY for key in source.changes.deleted)
-    if not (events_plain or any(w.plain_ids for w in writers) or any(s.plain_ids for s in staging.chain(source.name))):
+    if not (events_plain or any(w.plain_ids for w in writers) or any(s.plain_ids != 0 for s in staging.chain(source.name))):
         return 0
     parts = [p for w in writers for p in w.parts]
     relations = [staging.view_sql(source.name)]
@@ -482,11 +482,17 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
         max_creation_date=max_created.isoformat() if max_created else None,
         max_update_date=max_updated.isoformat() if max_updated else None,
         bytes=part.stat().st_size,
-        plain_ids=sum(s.plain_ids or 0 for s in chain),
+        plain_ids=_plain_ids(con, part),
         reason=None,
     )
     staging.commit_snapshot(scratch, snapshot, staging.positions().get(collection))
     return snapshot
+
+
+def _plain_ids(con, part: Path) -> int:
+    """The documents of a part whose `_id` is not an ObjectId (what _PartWriter counts as it writes)."""
+    return con.execute(f"SELECT count(*) FILTER (WHERE NOT starts_with(doc, ?)) FROM {duck.parquet_source([part])}",
+                       [_OBJECTID_JSON]).fetchall()[0][0]
 
 
 def _part_stats(con, parts: list[Path]) -> tuple[int, datetime | None, datetime | None]:
