@@ -482,7 +482,7 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
         max_creation_date=max_created.isoformat() if max_created else None,
         max_update_date=max_updated.isoformat() if max_updated else None,
         bytes=part.stat().st_size,
-        plain_ids=_plain_ids(con, part),
+        plain_ids=_plain_ids(con, part) if any(s.plain_ids is None for s in chain) else sum(s.plain_ids for s in chain),
         reason=None,
     )
     staging.commit_snapshot(scratch, snapshot, staging.positions().get(collection))
@@ -490,7 +490,9 @@ def compact(con, staging: Staging, collection: str) -> Snapshot:
 
 
 def _plain_ids(con, part: Path) -> int:
-    """The documents of a part whose `_id` is not an ObjectId (what _PartWriter counts as it writes)."""
+    """The documents of a part whose `_id` is not an ObjectId (what _PartWriter counts as it
+    writes): for a chain whose counts are not all known (a compaction otherwise adds them up,
+    without reading every document again)."""
     return con.execute(f"SELECT count(*) FILTER (WHERE NOT starts_with(doc, ?)) FROM {duck.parquet_source([part])}",
                        [_OBJECTID_JSON]).fetchall()[0][0]
 
