@@ -11,6 +11,7 @@ The loader reading a dump gets an unreachable MONGODB_URL: it must not need the 
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import tarfile
 import threading
@@ -163,21 +164,39 @@ def test_run_from_a_dump_loads_what_a_run_from_the_server_loads(source, dumps, p
     assert "full (new full snapshot of" in plan.stdout and "incremental" not in plan.stdout
 
 
-def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_load(source, dumps, postgres, target, tmp_path):
+def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_load(source, dumps, postgres, target, tmp_path,
+                                                                                  monkeypatch):
     """`loader run` transforms a table once its collections are staged, while the extract goes on:
-    a collection that fails late (days, the last extracted) ends the run with the extract's error,
-    after the tables transformed alongside, and before anything is loaded; the next run completes."""
+    a collection that fails late (days, the last extracted; here its extract waits until users is
+    derived) ends the run with the extract's error, after the tables transformed alongside, and
+    before anything is loaded; the next run completes."""
     broken = shutil.copytree(dumps["folder"], tmp_path / "dump")
     days = broken / SOURCE_DATABASE / "days.bson"
     intact = days.read_bytes()
     days.write_bytes(intact[:-7])
     run = Target({**DUMP_ENV, **target}, tmp_path / "staging")
-    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(broken), env=run.env)
-    assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1 and f"{days}: truncated or corrupt BSON" in result.stderr, result.stderr
+    stage = mongo.stage_collection
+
+    def stage_days_once_users_is_derived(con, staging, source, *args, **kwargs):
+        deadline = time.monotonic() + 60
+        while source.name == "days" and "users" not in staging.transform_state() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return stage(con, staging, source, *args, **kwargs)
+
+    monkeypatch.setattr(mongo, "stage_collection", stage_days_once_users_is_derived)
+    for name, value in run.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None, staging_dir=run.staging)
+    config = load_config(settings.config_path)
+    with pytest.raises(dump.DumpError, match=re.escape(f"{days}: truncated or corrupt BSON")):
+        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=broken)
+    monkeypatch.undo()
     transformed = Staging(run.staging).transform_state()
     assert "users" in transformed and "days" not in transformed, sorted(transformed)
     assert run.query("SELECT to_regclass('public.users') IS NULL, to_regclass('public.loader_sync_state') IS NULL") == [(True, True)]
+    result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(broken), env=run.env)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and f"{days}: truncated or corrupt BSON" in result.stderr, result.stderr
 
     days.write_bytes(intact)
     result = run_loader("run", "--staging", str(run.staging), "--no-progress", "--from-dump", str(broken), env=run.env)
