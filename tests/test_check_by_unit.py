@@ -15,8 +15,7 @@ import pytest
 from bson import ObjectId
 from pymongo import MongoClient
 
-from conftest import create_database
-from test_incremental import Target
+from test_incremental import Source, Target, rebuild
 
 MAPPING = textwrap.dedent("""\
     tables:
@@ -34,7 +33,7 @@ T0 = datetime(2024, 3, 1, 8, 0, tzinfo=timezone.utc)
 @pytest.fixture
 def badges(mongo, postgres, target, tmp_path):
     """Three badges coded x, y and z, loaded by one `loader run`; yields the loader, the source
-    database and a function giving a loader that rebuilds from scratch."""
+    database and a function rebuilding from scratch (test_incremental.rebuild)."""
     mapping = tmp_path / "badges.yaml"
     mapping.write_text(MAPPING)
     with MongoClient(mongo.url) as client:
@@ -42,16 +41,10 @@ def badges(mongo, postgres, target, tmp_path):
         db = client["badges"]
         db.badges.insert_many([{"_id": ObjectId(), "code": code, "label": label, "creation_date": T0, "update_date": T0}
                                for code, label in (("x", "a"), ("y", "b"), ("z", "c"))])
-        env = {"MONGODB_URL": mongo.url, "MONGODB_DATABASE": "badges", "LOADER_CONFIG": str(mapping)}
-        loader = Target({**env, **target}, tmp_path / "staging")
+        source = Source(db, {"MONGODB_URL": mongo.url, "MONGODB_DATABASE": "badges", "LOADER_CONFIG": str(mapping)}, {})
+        loader = Target({**source.env, **target}, tmp_path / "staging")
         loader.loader("run")
-
-        def rebuilt(step: int) -> Target:
-            reference = Target({**env, **create_database(postgres, "rebuild")}, tmp_path / f"rebuild_{step}")
-            reference.loader("run")
-            return reference
-
-        yield loader, db, rebuilt
+        yield loader, db, lambda: rebuild(source, postgres, tmp_path)
         client.drop_database("badges")
 
 
@@ -74,9 +67,11 @@ def test_a_row_sharing_an_identity_with_another_units_row_is_checked_with_the_wh
 
     # y recoded x: its row now shares x's identity with an unchanged document's row; both are rejected.
     recode(coded["y"], "x", 2)
-    assert rows(loader) == {("z", "c")} == rows(rebuilt(1))
-    assert duplicates(loader) == {str(coded["x"]), str(coded["y"])} == duplicates(rebuilt(1))
+    reference = rebuilt()
+    assert rows(loader) == {("z", "c")} == rows(reference)
+    assert duplicates(loader) == {str(coded["x"]), str(coded["y"])} == duplicates(reference)
     # ... then recoded w: the row it shared an identity with is accepted again.
     recode(coded["y"], "w", 3)
-    assert rows(loader) == {("x", "a"), ("w", "b"), ("z", "c")} == rows(rebuilt(2))
-    assert duplicates(loader) == set() == duplicates(rebuilt(2))
+    reference = rebuilt()
+    assert rows(loader) == {("x", "a"), ("w", "b"), ("z", "c")} == rows(reference)
+    assert duplicates(loader) == set() == duplicates(reference)

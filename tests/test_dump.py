@@ -164,6 +164,23 @@ def test_run_from_a_dump_loads_what_a_run_from_the_server_loads(source, dumps, p
     assert "full (new full snapshot of" in plan.stdout and "incremental" not in plan.stdout
 
 
+def run_in_process(run: Target, monkeypatch, dump_folder: Path) -> None:
+    """`loader run --from-dump` in this process, so that the test's patches apply, with the
+    settings of `run` (set as the environment until the test undoes its patches)."""
+    for name, value in run.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None, staging_dir=run.staging)
+    config = load_config(settings.config_path)
+    pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=dump_folder)
+
+
+def wait_until(condition, seconds: float = 60) -> None:
+    """Poll `condition` until it holds or `seconds` have passed (the test's own assertions then fail)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_load(source, dumps, postgres, target, tmp_path,
                                                                                   monkeypatch):
     """`loader run` transforms a table once its collections are staged, while the extract goes on:
@@ -178,18 +195,13 @@ def test_an_extract_failing_alongside_the_transform_stops_the_run_before_the_loa
     stage = mongo.stage_collection
 
     def stage_days_once_users_is_derived(con, staging, source, *args, **kwargs):
-        deadline = time.monotonic() + 60
-        while source.name == "days" and "users" not in staging.transform_state() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        if source.name == "days":
+            wait_until(lambda: "users" in staging.transform_state())
         return stage(con, staging, source, *args, **kwargs)
 
     monkeypatch.setattr(mongo, "stage_collection", stage_days_once_users_is_derived)
-    for name, value in run.env.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings(_env_file=None, staging_dir=run.staging)
-    config = load_config(settings.config_path)
     with pytest.raises(dump.DumpError, match=re.escape(f"{days}: truncated or corrupt BSON")):
-        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=broken)
+        run_in_process(run, monkeypatch, broken)
     monkeypatch.undo()
     transformed = Staging(run.staging).transform_state()
     assert "users" in transformed and "days" not in transformed, sorted(transformed)
@@ -228,18 +240,12 @@ def test_loader_run_loads_a_table_while_the_transform_goes_on_and_a_transform_fa
     def group_failing_once_loaded(self, tables, full):
         if tables[0].name != failing:
             return derive(self, tables, full)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not committed(loaded_first):
-            time.sleep(0.1)
+        wait_until(lambda: committed(loaded_first))
         raise RuntimeError(f"{failing} failed on purpose")
 
     monkeypatch.setattr(runner._Run, "group", group_failing_once_loaded)
-    for name, value in run.env.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings(_env_file=None, staging_dir=run.staging)
-    config = load_config(settings.config_path)
     with pytest.raises(RuntimeError, match=f"{failing} failed on purpose"):
-        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=dumps["folder"])
+        run_in_process(run, monkeypatch, dumps["folder"])
     assert run.query(f"SELECT count(*) FROM {loaded_first}")[0][0] > 0
     assert run.query(f"SELECT to_regclass('public.{failing}')") == [(None,)]
     monkeypatch.undo()
@@ -278,12 +284,8 @@ def test_a_failing_load_stops_the_transform_from_starting_tables(dumps, target, 
 
     monkeypatch.setattr(pipeline, "load", load_noting_its_failure)
     monkeypatch.setattr(runner._Run, "group", group_waiting_for_the_failure)
-    for name, value in run.env.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings(_env_file=None, staging_dir=run.staging)
-    config = load_config(settings.config_path)
     with pytest.raises(writer.DestinationError, match="differs from the config"):
-        pipeline.run(settings, config, config.ordered(), progress=False, summary=False, dump=dumps["folder"])
+        run_in_process(run, monkeypatch, dumps["folder"])
     staged = Staging(run.staging)
     assert staged.table_file("users").exists() and staged.table_file("companies").exists()
     assert [t for t in ("user_events", "messages", "users_logbook", "coachings") if staged.table_file(t).exists()] == []
