@@ -126,26 +126,31 @@ fields AS (
                                     '$.boolean_answer', '$.document_answer', '$.text_answer', '$.numeric_answer']) AS f
           FROM pending p LEFT JOIN joined_choices j USING (moment_id, question_id))
 )
-SELECT f.*, i.id IS NOT NULL AS single_found,
-       CASE
-           WHEN qcm IS NOT NULL AND qcm <> '' THEN 'qcm_answers'
-           WHEN scale IS NOT NULL THEN 'scale_1_10_answer'
-           WHEN single_id IS NOT NULL THEN 'single_enum_answer'
-           WHEN bool IS NOT NULL THEN 'boolean_answer'
-           WHEN document IS NOT NULL AND document <> CAST('""' AS JSON) THEN 'document_answer'
-           WHEN text IS NOT NULL AND text <> CAST('""' AS JSON) THEN 'text_answer'
-           WHEN numeric IS NOT NULL THEN 'numeric_answer'
-       END AS answered_by,
+-- answered_by is a column of a subquery, not an alias reused in the same SELECT: DuckDB pastes
+-- a reused alias into every WHEN of `CASE answered_by`, and planning the copies cost more than
+-- running the statement in an incremental transform.
+SELECT * EXCLUDE (single_item),
        CASE answered_by
            WHEN 'qcm_answers' THEN to_json(qcm)
            WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(TRY_CAST(bson_to_integer(scale) AS BIGINT) AS VARCHAR)), json_array(scale))
-           WHEN 'single_enum_answer' THEN to_json(CASE WHEN i.id IS NULL THEN single_id ELSE bson_text_or_empty(json_extract(i.d, '$.text')) END)
+           WHEN 'single_enum_answer' THEN to_json(CASE WHEN single_found THEN bson_text_or_empty(json_extract(single_item, '$.text')) ELSE single_id END)
            WHEN 'boolean_answer' THEN coalesce(to_json(CASE bson_to_boolean(bool) WHEN true THEN 'True' WHEN false THEN 'False' END), json_array(bool))
            WHEN 'document_answer' THEN document
            WHEN 'text_answer' THEN text
            WHEN 'numeric_answer' THEN numeric
        END AS answer
-FROM fields f LEFT JOIN moment_items i ON i.id = f.single_id;
+FROM (
+    SELECT f.*, i.id IS NOT NULL AS single_found, i.d AS single_item,
+           CASE
+               WHEN qcm IS NOT NULL AND qcm <> '' THEN 'qcm_answers'
+               WHEN scale IS NOT NULL THEN 'scale_1_10_answer'
+               WHEN single_id IS NOT NULL THEN 'single_enum_answer'
+               WHEN bool IS NOT NULL THEN 'boolean_answer'
+               WHEN document IS NOT NULL AND document <> CAST('""' AS JSON) THEN 'document_answer'
+               WHEN text IS NOT NULL AND text <> CAST('""' AS JSON) THEN 'text_answer'
+               WHEN numeric IS NOT NULL THEN 'numeric_answer'
+           END AS answered_by
+    FROM fields f LEFT JOIN moment_items i ON i.id = f.single_id);
 
 CREATE OR REPLACE TEMP TABLE moment_answers AS
 SELECT moment_id, source_id, source_collection, d FROM moment_item_answers
