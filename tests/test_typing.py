@@ -76,25 +76,3 @@ def test_each_type_family_converts_from_its_bson_types_and_rejects_the_others(tm
         "bad_s": ((None, None, None, None, None), "type_error"),
         "bad_ref": ((None, None, None, None, None), None),  # a warning (bad_reference), not a reject
     }
-
-
-def test_the_plain_conversions_equal_the_typed_ones_given_the_values_bson_type():
-    # The plain forms (the strategies' SQL) bind the value and its type as lambda parameters
-    # (loader/sql/bson.sql); they must convert as the typed forms the typing step uses.
-    values = [
-        {"$oid": OID}, STAMP, {"$date": {"$numberLong": "-62198755200000"}}, {"$numberDecimal": "2.50"},
-        {"$numberDouble": "NaN"}, {"$numberLong": "9007199254740993"}, 7, -2.5, 72.0, "4.5", "yes", "0",
-        "2024-03-07", "2024-03-06T23:30:00+02:00", "text", True, False, None, [1], {"a": 1}, {"$invalidUtf8": "a\\xff"},
-    ]
-    con = duck.connect()
-    rows = ", ".join(f"({sql_literal(json.dumps(v))})" for v in values) + ", (NULL)"
-    conversions = ["bson_to_double", "bson_to_text", "bson_to_integer", "bson_to_boolean", "bson_to_timestamp"]
-    plain = ", ".join(f"CAST({c} AS VARCHAR)" for c in [*(f"{c}(j)" for c in conversions), "bson_to_date(j, 'Europe/Paris')"])
-    typed = ", ".join(f"CAST({c} AS VARCHAR)" for c in [*(f"{c}_typed(j, bson_type(j))" for c in conversions),
-                                                        "bson_to_date_typed(j, bson_type(j), 'Europe/Paris')"])
-    converted = con.execute(f"SELECT CAST(j AS VARCHAR), [{plain}], [{typed}] "
-                            f"FROM (SELECT CAST(v AS JSON) AS j FROM (VALUES {rows}) t(v))").fetchall()
-    assert len(converted) == len(values) + 1
-    assert [(value, plain) for value, plain, _ in converted] == [(value, typed) for value, _, typed in converted]
-    # Not vacuous: each conversion gives a value for some of them.
-    assert all(any(plain[i] is not None for _, plain, _ in converted) for i in range(len(conversions) + 1))

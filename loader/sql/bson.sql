@@ -33,14 +33,12 @@ CREATE OR REPLACE MACRO bson_type(j) AS CASE json_type(j)
 CREATE OR REPLACE MACRO bson_nn(j) AS CASE WHEN json_type(j) = 'NULL' THEN NULL ELSE j END;
 CREATE OR REPLACE MACRO bson_present(j) AS j IS NOT NULL AND json_type(j) <> 'NULL';
 
--- Each conversion below has a typed form, <name>_typed(j, t), given the value's bson_type(j) as
--- t: a macro is pasted into its caller, so `CASE bson_type(j) WHEN ...` evaluates bson_type (up
--- to seven JSON parses) once per WHEN tried, and once more in each macro it calls. Callers
--- converting many values (the typing step) compute t once in a subquery and use the typed form;
--- the plain form, <name>(j), computes it itself, binding j and t once each as lambda parameters:
--- pasted, j and its bson_type went into every WHEN of the typed form, and DuckDB's planning of
--- the copies (a thousand nodes for one bson_to_text(bson_nn(json_extract(...)))) cost more than
--- running the statement in an incremental transform.
+-- Each conversion below is given the value's bson_type(j) as t, computed by the caller once, as a
+-- column of a subquery: a macro is pasted into its caller, its arguments wherever its body names
+-- them, so `CASE bson_type(j) WHEN ...` would evaluate bson_type (up to seven JSON parses) once
+-- per WHEN tried, and DuckDB would plan every copy (a bson_to_text(j) computing its own type, j a
+-- JSON path, came to about a thousand expression nodes: more time planning than running in an
+-- incremental transform).
 
 -- The UTC instant of a BSON date (TIMESTAMPTZ); dates outside 1970..9999 come as $numberLong ms.
 CREATE OR REPLACE MACRO bson_instant(j) AS CASE
@@ -58,8 +56,6 @@ CREATE OR REPLACE MACRO bson_to_double_typed(j, t) AS CASE
     WHEN json_type(j) = 'OBJECT'
         THEN TRY_CAST(coalesce(json_extract_string(j, '$."$numberDouble"'), json_extract_string(j, '$."$numberLong"')) AS DOUBLE)
     ELSE TRY_CAST(j AS DOUBLE) END;
-CREATE OR REPLACE MACRO bson_to_double(j) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_double_typed(x, t))[1])[1];
 
 -- Text (C6): strings unchanged, ObjectId hex, integers as digits, doubles shortest round-trip
 -- (72.5, 72.0), booleans true/false, dates ISO-8601 UTC; arrays and documents do not convert.
@@ -72,10 +68,8 @@ CREATE OR REPLACE MACRO bson_to_text_typed(j, t) AS CASE t
     WHEN 'bool' THEN CAST(j AS VARCHAR)
     WHEN 'decimal' THEN json_extract_string(j, '$."$numberDecimal"')
     END;
-CREATE OR REPLACE MACRO bson_to_text(j) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_text_typed(x, t))[1])[1];
 -- Text shown for a value, '' when it is missing or null (question titles, answer texts).
-CREATE OR REPLACE MACRO bson_text_or_empty(j) AS coalesce(bson_to_text(bson_nn(j)), '');
+CREATE OR REPLACE MACRO bson_text_or_empty_typed(j, t) AS coalesce(bson_to_text_typed(j, t), '');
 
 -- Integers (C6): BSON integers exactly (beyond 2^53 a DOUBLE would round them); doubles, decimals
 -- and numeric strings rounded half away from zero. A HUGEINT (NULL beyond it) that the caller
@@ -86,8 +80,6 @@ CREATE OR REPLACE MACRO bson_to_integer_typed(j, t) AS CASE
     WHEN t = 'string' AND isfinite(TRY_CAST(json_extract_string(j, '$') AS DOUBLE))
         THEN TRY_CAST(round(TRY_CAST(json_extract_string(j, '$') AS DOUBLE)) AS HUGEINT)
     END;
-CREATE OR REPLACE MACRO bson_to_integer(j) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_integer_typed(x, t))[1])[1];
 
 CREATE OR REPLACE MACRO bson_to_number_typed(j, t) AS CASE
     WHEN t IN ('int', 'double', 'decimal') THEN bson_to_double_typed(j, t)
@@ -102,16 +94,12 @@ CREATE OR REPLACE MACRO bson_to_boolean_typed(j, t) AS CASE t
         WHEN lower(json_extract_string(j, '$')) IN ('true', 't', 'yes', '1') THEN true
         WHEN lower(json_extract_string(j, '$')) IN ('false', 'f', 'no', '0') THEN false END
     END;
-CREATE OR REPLACE MACRO bson_to_boolean(j) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_boolean_typed(x, t))[1])[1];
 
 -- TIMESTAMP (C7): the UTC wall clock; offset-less ISO strings are taken as UTC (session zone).
 CREATE OR REPLACE MACRO bson_to_timestamp_typed(j, t) AS in_year_range(CASE t
     WHEN 'date' THEN timezone('UTC', bson_instant(j))
     WHEN 'string' THEN timezone('UTC', TRY_CAST(json_extract_string(j, '$') AS TIMESTAMPTZ))
     END);
-CREATE OR REPLACE MACRO bson_to_timestamp(j) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_timestamp_typed(x, t))[1])[1];
 
 -- DATE (C8): the calendar day of the instant in the source time zone; 'YYYY-MM-DD' as is.
 -- The one function for every DATE, so that joins on days agree.
@@ -121,8 +109,6 @@ CREATE OR REPLACE MACRO bson_to_date_typed(j, t, tz) AS CAST(in_year_range(CASE 
         WHEN regexp_full_match(json_extract_string(j, '$'), '\d{4}-\d{2}-\d{2}') THEN TRY_CAST(json_extract_string(j, '$') AS TIMESTAMP)
         ELSE timezone(tz, TRY_CAST(json_extract_string(j, '$') AS TIMESTAMPTZ)) END
     END) AS DATE);
-CREATE OR REPLACE MACRO bson_to_date(j, tz) AS
-    list_transform([j], lambda x: list_transform([bson_type(x)], lambda t: bson_to_date_typed(x, t, tz))[1])[1];
 
 -- References (C5): ObjectId -> hex; 24-hex string -> lower-cased; embedded document -> its
 -- `key` field, else `_id`, normalised again (two levels); anything else -> NULL.

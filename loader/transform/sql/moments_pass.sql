@@ -38,8 +38,9 @@ questions AS (
                 FROM {src_userquizzquestions} WHERE _id IN (SELECT question_id FROM firsts)))
 ),
 templates AS (
-    SELECT _id AS id, bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title')) AS title
-    FROM {src_quizzquestions}
+    SELECT id, bson_text_or_empty_typed(title, title_type) AS title
+    FROM (SELECT id, title, bson_type(title) AS title_type
+          FROM (SELECT _id AS id, json_extract(CAST(doc AS JSON), '$.title') AS title FROM {src_quizzquestions}))
 )
 SELECT f.moment_id, f.question_id, f.position, uq.q, t.title,
        CASE WHEN uq.id IS NULL THEN 'question_missing' WHEN t.id IS NULL THEN 'template_missing' END AS status
@@ -96,10 +97,12 @@ choices AS (  -- qcm_answers: option item ids -> texts in array order
     )
 ),
 choice_texts AS (
-    SELECT c.moment_id, c.question_id, c.position, c.item_id, i.id IS NOT NULL AS found,
-           CASE WHEN i.id IS NULL THEN c.item_id ELSE bson_to_text(bson_nn(json_extract(i.d, '$.text'))) END AS text
-    FROM choices c LEFT JOIN moment_items i ON i.id = c.item_id
-    WHERE c.item_id IS NOT NULL
+    SELECT moment_id, question_id, position, item_id, found,
+           CASE WHEN found THEN bson_to_text_typed(text, text_type) ELSE item_id END AS text
+    FROM (SELECT *, bson_type(text) AS text_type
+          FROM (SELECT c.moment_id, c.question_id, c.position, c.item_id, i.id IS NOT NULL AS found, json_extract(i.d, '$.text') AS text
+                FROM choices c LEFT JOIN moment_items i ON i.id = c.item_id
+                WHERE c.item_id IS NOT NULL))
 ),
 joined_choices AS (
     SELECT moment_id, question_id,
@@ -126,21 +129,23 @@ fields AS (
                                     '$.boolean_answer', '$.document_answer', '$.text_answer', '$.numeric_answer']) AS f
           FROM pending p LEFT JOIN joined_choices j USING (moment_id, question_id))
 )
--- answered_by is a column of a subquery, not an alias reused in the same SELECT: DuckDB pastes
--- a reused alias into every WHEN of `CASE answered_by`, and planning the copies cost more than
+-- answered_by and the values' BSON types are columns of a subquery, not aliases or macro
+-- arguments reused in the same SELECT: DuckDB pastes those into every place that names them (each
+-- WHEN of `CASE answered_by`, of a typed conversion), and planning the copies cost more than
 -- running the statement in an incremental transform.
-SELECT * EXCLUDE (single_item),
+SELECT * EXCLUDE (single_text, single_type, scale_type, bool_type),
        CASE answered_by
            WHEN 'qcm_answers' THEN to_json(qcm)
-           WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(TRY_CAST(bson_to_integer(scale) AS BIGINT) AS VARCHAR)), json_array(scale))
-           WHEN 'single_enum_answer' THEN to_json(CASE WHEN single_found THEN bson_text_or_empty(json_extract(single_item, '$.text')) ELSE single_id END)
-           WHEN 'boolean_answer' THEN coalesce(to_json(CASE bson_to_boolean(bool) WHEN true THEN 'True' WHEN false THEN 'False' END), json_array(bool))
+           WHEN 'scale_1_10_answer' THEN coalesce(to_json(CAST(TRY_CAST(bson_to_integer_typed(scale, scale_type) AS BIGINT) AS VARCHAR)), json_array(scale))
+           WHEN 'single_enum_answer' THEN to_json(CASE WHEN single_found THEN bson_text_or_empty_typed(single_text, single_type) ELSE single_id END)
+           WHEN 'boolean_answer' THEN coalesce(to_json(CASE bson_to_boolean_typed(bool, bool_type) WHEN true THEN 'True' WHEN false THEN 'False' END), json_array(bool))
            WHEN 'document_answer' THEN document
            WHEN 'text_answer' THEN text
            WHEN 'numeric_answer' THEN numeric
        END AS answer
 FROM (
-    SELECT f.*, i.id IS NOT NULL AS single_found, i.d AS single_item,
+    SELECT f.*, i.id IS NOT NULL AS single_found, json_extract(i.d, '$.text') AS single_text,
+           bson_type(json_extract(i.d, '$.text')) AS single_type, bson_type(scale) AS scale_type, bson_type(bool) AS bool_type,
            CASE
                WHEN qcm IS NOT NULL AND qcm <> '' THEN 'qcm_answers'
                WHEN scale IS NOT NULL THEN 'scale_1_10_answer'
@@ -173,13 +178,13 @@ SELECT moment_id, 'answer_item_missing', single_id FROM moment_inline WHERE answ
 
 CREATE OR REPLACE TEMP TABLE moment_outcomes AS
 WITH logbooks AS (  -- the candidates' only: the other fields are read from those alone
-    SELECT moment_id, _id, creation_date, update_date, bson_nn(f[1]) AS user, bson_nn(f[2]) AS day
+    SELECT moment_id, _id, creation_date, update_date, bson_nn(f[1]) AS user, bson_nn(f[2]) AS day, bson_type(f[2]) AS day_type
     FROM (SELECT *, json_extract(doc, ['$.user', '$.day']) AS f
           FROM (SELECT *, bson_ref(json_extract(doc, '$.logbook'), '_id') AS moment_id FROM {src_coachinglogbooks})
           WHERE moment_id IN (SELECT id FROM moment_candidates))
 ),
 chosen AS (  -- 4.5 step 2: with user and day first, then C11
-    SELECT moment_id, bson_ref(user, '_id') AS user_id, day IS NOT NULL AS has_day, bson_to_date(day, {timezone}) AS day
+    SELECT moment_id, bson_ref(user, '_id') AS user_id, day IS NOT NULL AS has_day, bson_to_date_typed(day, day_type, {timezone}) AS day
     FROM logbooks
     QUALIFY row_number() OVER (
         PARTITION BY moment_id

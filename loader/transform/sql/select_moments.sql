@@ -8,9 +8,10 @@
 -- its (many) questions only when its title, the one field read from it, changed, or when it
 -- appeared or disappeared.
 WITH retitled_templates AS (
-    SELECT _id FROM {changed_quizzquestions}
+    SELECT _id FROM (SELECT _id, title, bson_type(title) AS title_type
+                     FROM (SELECT _id, json_extract(CAST(doc AS JSON), '$.title') AS title FROM {changed_quizzquestions}))
     GROUP BY _id
-    HAVING count(*) = 1 OR count(DISTINCT bson_text_or_empty(json_extract(CAST(doc AS JSON), '$.title'))) > 1
+    HAVING count(*) = 1 OR count(DISTINCT bson_text_or_empty_typed(title, title_type)) > 1
 ),
 question_refs AS (   -- user question -> the templates and items it mentions
     SELECT _unit AS question_id, ref FROM {references_userquizzquestions}
