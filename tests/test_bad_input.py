@@ -70,10 +70,20 @@ class Case:
             "from_rejected_user": stamped(content="hi", sender=self.users["nul"]["_id"]),
         }
 
+        # users_logbook merges a user's logbooks of one day (UPSERT-KEY, 5.5): a day none of whose
+        # logbooks has an update_date rejects them all; one that has it is enough.
+        good = self.users["good"]["_id"]
+        self.logbooks = {
+            "undated": stamped(user=good, day="2024-03-07", update_date=None),
+            "undated_twin": stamped(user=good, day="2024-03-07", update_date=None),
+            "undated_merged": stamped(user=good, day="2024-03-08", update_date=None),
+            "dated_merged": stamped(user=good, day="2024-03-08"),
+        }
+
     def collections(self) -> dict[str, list[dict]]:
         return {"companies": [self.company, self.numeric_name, *self.same_id], "events": [self.event],
                 "users": list(self.users.values()), "offers": list(self.offers.values()),
-                "messages": list(self.messages.values())}
+                "messages": list(self.messages.values()), "coachinglogbooks": list(self.logbooks.values())}
 
 
 # table -> {document name: (reason, column)}: the rejects the run must record, and only those
@@ -139,6 +149,10 @@ def assert_every_case_handled(case: Case, loader: Target) -> None:
     assert rows(loader, "offers", "duration", "coaching_credit") == {
         hexid(offers["good"]): (30, 2), hexid(offers["numeric_string"]): (45, 2), hexid(offers["decimal"]): (60, 3)}
     assert rows(loader, "companies", "name") == {hexid(case.company): ("Acme",), hexid(case.numeric_name): ("42",)}
+    assert rejects(loader, "users_logbook") == {hexid(case.logbooks[n]): ("not_null:updated_at", "updated_at")
+                                                for n in ("undated", "undated_twin")}
+    assert loader.query("SELECT user_id, day, updated_at FROM users_logbook") == [
+        (hexid(users["good"]), datetime(2024, 3, 8).date(), T0.replace(tzinfo=None))]
 
 
 def test_every_bad_input_is_rejected_alone_and_verify_passes(bad_source, target, tmp_path):
