@@ -666,9 +666,13 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
     checks = _checked_references(table)
     if not checks:
         return f"SELECT * FROM {typed}"
-    replaced, problems, warnings = [], [], []
+    found, replaced, problems, warnings = [], [], [], []
     for column in checks:
-        ok = f"({q(column.name)} IS NULL OR {q(column.name)} IN (SELECT {q(column.foreign_key.column)} FROM {_parent_rows(column, staging)}))"
+        # Whether the reference is found, a column of a subquery: named twice (a nullable one is
+        # nulled and warned about), the expression would read the parent's keys twice.
+        ok = q(f"_fk_ok_{column.name}")
+        found.append(f"({q(column.name)} IS NULL OR {q(column.name)} IN (SELECT {q(column.foreign_key.column)} "
+                     f"FROM {_parent_rows(column, staging)})) AS {ok}")
 
         def issue(reason: str) -> str:
             return f"{{'column': {sql_literal(column.name)}, 'reason': {sql_literal(reason)}, 'value': CAST({q(column.name)} AS VARCHAR)}}"
@@ -678,6 +682,7 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
             warnings.append(f"CASE WHEN NOT {ok} THEN {issue('fk_nulled:' + column.name)} END")
         else:
             problems.append(f"CASE WHEN NOT {ok} THEN {issue('fk_missing:' + column.name)} END")
+    excluded = ", ".join(["_problem", "_warnings", *(q(f"_fk_ok_{c.name}") for c in checks)])
     replace = f" REPLACE ({', '.join(replaced)})" if replaced else ""
     problem = f"coalesce(_problem, {', '.join(problems)})" if problems else "_problem"
     warning = (
@@ -685,10 +690,10 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
     )
     # Foreign keys are only checked on rows that passed the column checks.
     return f"""
-SELECT * EXCLUDE (_problem, _warnings){replace},
+SELECT * EXCLUDE ({excluded}){replace},
        {problem} AS _problem,
        CASE WHEN _problem IS NULL THEN {warning} ELSE _warnings END AS _warnings
-FROM {typed}"""
+FROM (SELECT *, {', '.join(found)} FROM {typed})"""
 
 
 def _parent_rows(column: Column, staging: Staging) -> str:
@@ -704,12 +709,19 @@ def _merge_check_sql(table: Table, checked: str) -> str:
     if not table.latest_columns:
         return checked
     key = ", ".join(q(c) for c in table.natural_key)
+    same = " AND ".join(f"c.{q(c)} IS NOT DISTINCT FROM m.{q(c)}" for c in table.natural_key)
+    latest = ", ".join(f"max(CASE WHEN _problem IS NULL THEN {q(c)} END) AS {q('_latest_' + c)}" for c in table.latest_columns)
     problems = ", ".join(
-        f"CASE WHEN max(CASE WHEN _problem IS NULL THEN {q(c)} END) OVER (PARTITION BY {key}) IS NULL "
+        f"CASE WHEN m.{q('_latest_' + c)} IS NULL "
         f"THEN {{'column': {sql_literal(c)}, 'reason': {sql_literal('not_null:' + c)}, 'value': CAST(NULL AS VARCHAR)}} END"
         for c in table.latest_columns
     )
-    return f"SELECT * REPLACE (coalesce(_problem, {problems}) AS _problem) FROM ({checked})"
+    # The keys' greatest timestamps by a grouping joined back, as the identity check does: a window
+    # over the key sorts every row (0.16 of users_logbook's 0.18 s in an incremental transform).
+    return f"""WITH c AS MATERIALIZED ({checked}),
+m AS (SELECT {key}, {latest} FROM c GROUP BY ALL)
+SELECT c.* REPLACE (coalesce(c._problem, {problems}) AS _problem)
+FROM c JOIN m ON {same}"""
 
 
 def _identity_check_sql(table: Table, checked: str) -> str:
