@@ -67,12 +67,20 @@ def duplicates(loader: Target) -> set[str]:
         "SELECT source_id FROM loader_rejects WHERE \"table\" = 'badges' AND reason = 'duplicate_key'")}
 
 
+def change(db, document_id: ObjectId, day: int, **fields) -> None:
+    """Set `fields` of a badge (a field given None is removed), stamped on `day` of T0's month."""
+    unset = {name: "" for name, value in fields.items() if value is None}
+    db.badges.update_one({"_id": document_id}, {"$set": {**{k: v for k, v in fields.items() if v is not None},
+                                                          "update_date": T0.replace(day=day)},
+                                                 **({"$unset": unset} if unset else {})})
+
+
 def test_a_row_sharing_an_identity_with_another_units_row_is_checked_with_the_whole_table(badges):
     loader, db, rebuilt = badges
     coded = {doc["code"]: doc["_id"] for doc in db.badges.find()}
 
     def recode(document_id: ObjectId, code: str, day: int) -> None:
-        db.badges.update_one({"_id": document_id}, {"$set": {"code": code, "update_date": T0.replace(day=day)}})
+        change(db, document_id, day, code=code)
         loader.loader("run")
 
     # y recoded x: its row now shares x's identity with an unchanged document's row; both are rejected.
@@ -92,24 +100,21 @@ def test_rows_rejected_before_are_compared_again_with_the_others(badges):
     loader, db, rebuilt = badges
     coded = {doc["code"]: doc["_id"] for doc in db.badges.find()}
 
-    def change(document_id: ObjectId, day: int, **fields) -> None:
-        unset = {name: "" for name, value in fields.items() if value is None}
-        db.badges.update_one({"_id": document_id}, {"$set": {**{k: v for k, v in fields.items() if v is not None},
-                                                              "update_date": T0.replace(day=day)},
-                                                     **({"$unset": unset} if unset else {})})
+    def run_after(document_id: ObjectId, day: int, **fields) -> None:
+        change(db, document_id, day, **fields)
         loader.loader("run")
 
     # y recoded x without a label: rejected for the label, x's row stands alone.
-    change(coded["y"], 2, code="x", label=None)
+    run_after(coded["y"], 2, code="x", label=None)
     reference = rebuilt()
     assert rows(loader) == {("x", "a"), ("z", "c")} == rows(reference)
     # y labelled again: its row, rejected before, now shares x's identity; both are rejected.
-    change(coded["y"], 3, label="b")
+    run_after(coded["y"], 3, label="b")
     reference = rebuilt()
     assert rows(loader) == {("z", "c")} == rows(reference)
     assert duplicates(loader) == {str(coded["x"]), str(coded["y"])} == duplicates(reference)
     # z recoded x: it joins the identity two other badges' rows share (none of them in tables/).
-    change(coded["z"], 4, code="x")
+    run_after(coded["z"], 4, code="x")
     reference = rebuilt()
     assert rows(loader) == set() == rows(reference)
     assert duplicates(loader) == {str(coded["x"]), str(coded["y"]), str(coded["z"])} == duplicates(reference)
@@ -124,7 +129,7 @@ def test_a_transform_stopped_after_its_outputs_is_completed_by_the_next_run(badg
     loader, db, rebuilt = badges
     coded = {doc["code"]: doc["_id"] for doc in db.badges.find()}
     # y recoded x without a label: rejected for the label, x's row stands alone.
-    db.badges.update_one({"_id": coded["y"]}, {"$set": {"code": "x", "update_date": T0.replace(day=2)}, "$unset": {"label": ""}})
+    change(db, coded["y"], 2, code="x", label=None)
     loader.loader("run")
     db.badges.delete_one({"_id": coded["y"]})
     loader.loader("extract")

@@ -519,7 +519,7 @@ FROM records WHERE _dropped IS NOT NULL""")
         other rows, issues/ the other sources' records. Returns False, having written nothing,
         when another unit's row shares one."""
         keys = ", ".join(q(c) for c in table.identity)
-        same_keys = " AND ".join(f"o.{q(c)} IS NOT DISTINCT FROM m.{q(c)}" for c in table.identity)
+        same_keys = _same_values(table.identity, "o", "m")
         checked_columns = _unit_check_columns(table)
         mine = f"(SELECT {checked_columns} FROM previous UNION ALL BY NAME SELECT {checked_columns} FROM {new})"
         duck.run(self.con, f"CREATE OR REPLACE TEMP TABLE mine AS {mine}")
@@ -666,11 +666,12 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
     checks = _checked_references(table)
     if not checks:
         return f"SELECT * FROM {typed}"
-    found, replaced, problems, warnings = [], [], [], []
+    found, oks, replaced, problems, warnings = [], [], [], [], []
     for column in checks:
         # Whether the reference is found, a column of a subquery: named twice (a nullable one is
         # nulled and warned about), the expression would read the parent's keys twice.
         ok = q(f"_fk_ok_{column.name}")
+        oks.append(ok)
         found.append(f"({q(column.name)} IS NULL OR {q(column.name)} IN (SELECT {q(column.foreign_key.column)} "
                      f"FROM {_parent_rows(column, staging)})) AS {ok}")
 
@@ -682,7 +683,7 @@ def _foreign_key_sql(table: Table, typed: str, staging: Staging) -> str:
             warnings.append(f"CASE WHEN NOT {ok} THEN {issue('fk_nulled:' + column.name)} END")
         else:
             problems.append(f"CASE WHEN NOT {ok} THEN {issue('fk_missing:' + column.name)} END")
-    excluded = ", ".join(["_problem", "_warnings", *(q(f"_fk_ok_{c.name}") for c in checks)])
+    excluded = ", ".join(["_problem", "_warnings", *oks])
     replace = f" REPLACE ({', '.join(replaced)})" if replaced else ""
     problem = f"coalesce(_problem, {', '.join(problems)})" if problems else "_problem"
     warning = (
@@ -709,7 +710,7 @@ def _merge_check_sql(table: Table, checked: str) -> str:
     if not table.latest_columns:
         return checked
     key = ", ".join(q(c) for c in table.natural_key)
-    same = " AND ".join(f"c.{q(c)} IS NOT DISTINCT FROM m.{q(c)}" for c in table.natural_key)
+    same = _same_values(table.natural_key, "c", "m")
     latest = ", ".join(f"max(CASE WHEN _problem IS NULL THEN {q(c)} END) AS {q('_latest_' + c)}" for c in table.latest_columns)
     problems = ", ".join(
         f"CASE WHEN m.{q('_latest_' + c)} IS NULL "
@@ -731,7 +732,7 @@ def _identity_check_sql(table: Table, checked: str) -> str:
     if table.latest_columns or not table.identity:
         return checked
     key = ", ".join(q(c) for c in table.identity)
-    same = " AND ".join(f"c.{q(c)} IS NOT DISTINCT FROM d.{q(c)}" for c in table.identity)
+    same = _same_values(table.identity, "c", "d")
     value = " || ' | ' || ".join(f"CAST(c.{q(c)} AS VARCHAR)" for c in table.identity)
     # The shared identities found by a grouping joined back: a window over the identity sorts
     # every row (a third of the checks' time on the largest tables).
@@ -781,6 +782,11 @@ def _unit_check_columns(table: Table) -> str:
     """What the check by unit reads of a row (_Run._finish_units): its identity, whether it was
     dropped, and its source document."""
     return ", ".join([*map(q, table.identity), "_dropped", "_source_collection", "_source_id"])
+
+
+def _same_values(columns: tuple[str, ...], left: str, right: str) -> str:
+    """A join condition: the `columns` of relations `left` and `right` equal, NULL equal to NULL."""
+    return " AND ".join(f"{left}.{q(c)} IS NOT DISTINCT FROM {right}.{q(c)}" for c in columns)
 
 
 def _any_not_null(columns: tuple[str, ...]) -> str:
