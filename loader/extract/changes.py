@@ -28,8 +28,10 @@ import bson
 from bson import json_util
 from pymongo.errors import PyMongoError
 
-# The fields the extract uses: no document images (an insert event carries the whole document).
-_PIPELINE = [{"$project": {"operationType": 1, "ns": 1, "to": 1, "documentKey": 1}}]
+# No pipeline stage: the events come as the server keeps them (an insert's carries its document).
+# A `$project` keeping the four fields the extract reads doubled the read on SecantusDB, which
+# applies a stage to each event in Python (1M, 20,000 events: 1.8-2.1 s against 0.8-1.5 s).
+_PIPELINE: list[dict] = []
 # How long a read at the end of the stream waits for more events (ms).
 _AWAIT_MS = 10
 _DOCUMENT_EVENTS = {"insert", "update", "replace", "delete"}
