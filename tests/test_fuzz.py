@@ -247,7 +247,7 @@ def is_plain_id(value) -> bool:
 
 
 def loader_id(value) -> str:
-    """A plain `_id` as the loader stages it (loader/sql/bson.sql `bson_id`): ObjectId and 24-hex
+    """A plain `_id` as the loader stages it (loader/sql/bson.sql `bson_id_typed`): ObjectId and 24-hex
     strings lower-case hex, other values their text."""
     if isinstance(value, ObjectId):
         return str(value)
@@ -257,14 +257,14 @@ def loader_id(value) -> str:
 
 
 def id_spellings(value) -> set[str]:
-    """Every text under which the loader may name a plain `_id`: `bson_id`, the `id` column's
+    """Every text under which the loader may name a plain `_id`: `bson_id_typed`, the `id` column's
     C6 text (which keeps the case of a hex string), and in loader_rejects (which cannot hold NUL)
     with each NUL written `\\x00`."""
     return {loader_id(value), str(value), str(value).replace("\x00", "\\x00")}
 
 
 def group_key(value) -> str:
-    """Equal for plain `_id`s the loader may name alike (by `bson_id`, or in loader_rejects where
+    """Equal for plain `_id`s the loader may name alike (by `bson_id_typed`, or in loader_rejects where
     "a\\x00b" names both the string a<NUL>b and the string a\\x00b)."""
     return loader_id(value).replace("\x00", "\\x00")
 

@@ -363,7 +363,10 @@ def _event_ids(con, name: str, keys: list[bytes], rejects: list[Reject]) -> str:
     (`_id`) and as Extended JSON (`doc`), registered in this thread's DuckDB cursor as `name`."""
     documents = _to_extended_json([RawBSONDocument(key) for key in keys], rejects)
     con.register(name, pa.table({"doc": pa.array(documents, pa.large_string())}))
-    return f"SELECT bson_id(json_extract(doc, '$._id')) AS _id, doc FROM {name}"
+    # The value's type is a subquery column, not a macro argument pasted at each use: planning
+    # the pasted form took most of the query's 25 ms, for a collection's few events (8 ms so).
+    return (f"SELECT bson_id_typed(i, ti) AS _id, doc FROM (SELECT *, bson_type(i) AS ti "
+            f"FROM (SELECT doc, json_extract(doc, '$._id') AS i FROM {name}))")
 
 
 def _detect_deletions(con, staging: Staging, source: Source, count: int, scratch: Path, writers: list[_PartWriter],

@@ -133,4 +133,3 @@ CREATE OR REPLACE MACRO bson_ref_tokens(doc) AS list_transform(regexp_extract_al
 
 -- The staged `_id` of a document's `_id` value: ObjectId hex, else the value's own text.
 CREATE OR REPLACE MACRO bson_id_typed(id, t) AS coalesce(bson_ref_leaf(id), bson_to_text_typed(id, t), CAST(id AS VARCHAR));
-CREATE OR REPLACE MACRO bson_id(id) AS bson_id_typed(id, bson_type(id));
