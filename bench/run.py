@@ -57,7 +57,8 @@ The figures:
                                      keys; scaled per table by rows / sampled rows. Target:
                                      baseline / the loader's full run >= 30.
   incremental run                    `--changed` of the documents, drawn at random from the whole
-                                     database, get a later update_date and a marker field, then
+                                     database, get a later update_date (each its own millisecond)
+                                     and a marker field, then
                                      the same child run; `--rounds` times, each after its own
                                      change, and the median run is reported (every run's total is
                                      printed: one run on this shared machine moved between 0.12
@@ -320,7 +321,10 @@ def create_timestamp_indexes(db) -> float:
 
 def change_documents(db, fraction: float, seed: int) -> int:
     """Bump update_date (past its collection's latest) and set a marker field on `fraction` of the
-    documents, drawn at random from the whole database; returns the documents changed."""
+    documents, drawn at random from the whole database; returns the documents changed. Each gets
+    its own millisecond, as live writes do: stamped at one instant, a collection's changed
+    documents would all sit at the next run's watermark, which the delta reads again (inclusive,
+    MAPPING.md 5.2) and compares with the staging: 10,000 documents read twice."""
     stamps = {(name, d["_id"]): d.get("update_date")
               for name in sorted(db.list_collection_names()) for d in db[name].find({}, {"update_date": 1})}
     latest = {}
@@ -333,7 +337,8 @@ def change_documents(db, fraction: float, seed: int) -> int:
     for name, ids in picked.items():
         moment = latest.get(name, max(latest.values())) + timedelta(minutes=1)
         # One update per _id: SecantusDB matches `$in` by scanning the collection against the list.
-        db[name].bulk_write([UpdateOne({"_id": _id}, {"$set": {"update_date": moment, "bench_marker": 1}}) for _id in ids])
+        db[name].bulk_write([UpdateOne({"_id": _id}, {"$set": {"update_date": moment + timedelta(milliseconds=k), "bench_marker": 1}})
+                             for k, _id in enumerate(ids)])
     return sum(map(len, picked.values()))
 
 
