@@ -244,9 +244,9 @@ class _Run:
         """DuckDB's threads for a group about to start: every core for a group re-derived whole,
         one for re-derived units, whose statements read a few rows: a second thread does not
         speed them up but costs CPU to hand work over (the transform alone after a 1% change of
-        the 1M benchmark, two workers: 3.98 -> 3.63 s, CPU -8%; a whole transform with one thread
-        took 21.5-24.2 s instead of 19.1-19.5). A full and an incremental group running together
-        get the value the later one set."""
+        the 1M benchmark, two workers, eight alternating pairs: 3.98 -> 3.63 s, CPU 7.21 -> 6.96 s;
+        a whole transform with one thread took 21.5-24.2 s instead of 19.1-19.5). A full and an
+        incremental group running together get the value the later one set."""
         wanted = self.cores if full else 1
         with self._lock:
             if self.threads != wanted:
