@@ -58,22 +58,23 @@ The figures:
                                      baseline / the loader's full run >= 30.
   incremental run                    `--changed` of the documents, drawn at random from the whole
                                      database, get a later update_date (each its own millisecond)
-                                     and a marker field, then
-                                     the same child run; `--rounds` times, each after its own
-                                     change, and the median run is reported (every run's total is
-                                     printed: one run on this shared machine moved between 0.12
-                                     and 0.20 of the full run for the same code). Before the
-                                     first, the floors' and the baseline's tables and the load
-                                     alone's database are dropped and PostgreSQL checkpoints
-                                     (their writes are the benchmark's, not the loader's).
+                                     and a marker field, then the same child run; `--rounds`
+                                     times, each after its own change, and the median run is
+                                     reported (every run's total is printed: one run on this
+                                     shared machine moved between 0.12 and 0.20 of the full run
+                                     for the same code). Before the first, the floors' and the
+                                     baseline's tables and the load alone's database are dropped
+                                     and PostgreSQL checkpoints (their writes are the benchmark's,
+                                     not the loader's).
                                      Target (1% changed): its total <= 0.10 x the full run's.
   change stream read                 the incremental extract's deletion check, alone: the
                                      source's change stream read from the positions the last run
                                      recorded to its end (loader/extract/changes.py), in a child
                                      process, after the changes and before each incremental run
-                                     (reading it changes nothing); that of the median run. Without a change stream the
-                                     extract counts each collection's documents instead
-                                     (SecantusDB scans for a count, mongod reads metadata).
+                                     (reading it changes nothing); that of the median run.
+                                     Without a change stream the extract counts each collection's
+                                     documents instead (SecantusDB scans for a count, mongod reads
+                                     metadata).
   peak memory                        the largest peak resident memory of the loader's child runs
                                      (VmHWM of /proc/self/status, read by the child at its end;
                                      not the ru_maxrss of wait4, which also counts the parent's
