@@ -135,11 +135,8 @@ class _Run:
         self.key_digests: dict[tuple[str, str], str] = {}  # (hash of a table's staged rows, column) -> _key_digest
         self.viewed: set[str] = set()  # collections with a view src_<collection>
         self.full: dict[str, bool] = {}  # group (its first table) -> re-derived whole
-        # DuckDB's threads (one setting of the database, shared by the workers): its default, the
-        # cores, and the value set last (see _set_threads)
-        self.cores = self.threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0] if con else None
         self._thread = threading.local()
-        self._lock = threading.Lock()  # the views, the changed relations, the threads and the transform report
+        self._lock = threading.Lock()  # the views, the changed relations and the transform report
 
     @property
     def con(self):
@@ -212,7 +209,6 @@ class _Run:
             for table, result in zip(tables, results):
                 self._record(table, result, consumed)
             return results
-        self._set_threads(full)
         shared: dict[str, float] = {}  # phases of the group's shared work
         with _timed(shared, "select"):
             if full:  # it consumes every snapshot so far: the kept tokens are found again
@@ -239,19 +235,6 @@ class _Run:
                 part.unlink(missing_ok=True)
             self._drop_temporaries()
         return results
-
-    def _set_threads(self, full: bool) -> None:
-        """DuckDB's threads for a group about to start: every core for a group re-derived whole,
-        one for re-derived units, whose statements read a few rows: a second thread does not
-        speed them up but costs CPU to hand work over (the transform alone after a 1% change of
-        the 1M benchmark, two workers, eight alternating pairs: 3.98 -> 3.63 s, CPU 7.21 -> 6.96 s;
-        a whole transform with one thread took 21.5-24.2 s instead of 19.1-19.5). A full and an
-        incremental group running together get the value the later one set."""
-        wanted = self.cores if full else 1
-        with self._lock:
-            if self.threads != wanted:
-                duck.run(self.con, f"SET threads = {wanted}")
-                self.threads = wanted
 
     def _view_sources(self, tables: list[Table]) -> None:
         """Views src_<collection> over the current view of the group's collections (shared by the
